@@ -51,14 +51,14 @@ type Inputs struct {
 	// ConsumptionRate is a directly measured consumption rate in messages per
 	// second (from consumer metrics); NaN when unknown.
 	ConsumptionRate float64
-	// ProcessingTime is the measured mean processing time per message; < 0 when unknown.
+	// ProcessingTime is the measured mean processing time per message; <= 0 when unknown.
 	ProcessingTime time.Duration
 }
 
 // Sample is one remembered observation used to measure rates.
 type Sample struct {
 	At       time.Time
-	Depth    float64
+	Depth    float64 // NaN when unknown
 	Produced float64 // NaN when unknown
 	Consumed float64 // NaN when unknown
 }
@@ -73,9 +73,13 @@ type Recommendation struct {
 // The zero value is a valid empty state. Decide never mutates the State it is
 // given; it returns a new one.
 type State struct {
-	// Samples are observations within RateWindow, oldest first.
+	// Samples are observations within RateWindow, oldest first, plus the
+	// newest one at or before the window start so a rate spans the window;
+	// spaced about RateWindow/32 apart (about 33 at most).
 	Samples []Sample
-	// Recommendations are raw recommendations within ScaleDownCooldown, oldest first.
+	// Recommendations are raw recommendations within ScaleDownCooldown, oldest
+	// first; one that is not above a later one can never be the maximum again
+	// and is dropped, so Replicas strictly decrease along the slice.
 	Recommendations []Recommendation
 }
 
@@ -97,7 +101,7 @@ type Terms struct {
 	ProcessingFrom  string        // "measured" or "configured"
 	SteadySlots     float64       // λ·W ÷ u
 	DrainSlots      float64       // (B ÷ T)·W·urgency
-	InFlightFloor   int           // ceil(in-flight ÷ c): pods needed for work already delivered
+	InFlightFloor   int           // ceil(in-flight ÷ prefetch): pods holding work already delivered
 	Raw             int           // ceil((steady + drain) ÷ c) before floors and clamps
 	Recommended     int           // after floors and the [min, max] clamp, before cooldown
 	HeldUntil       time.Time     // when a held higher recommendation expires; zero when not holding
@@ -105,8 +109,8 @@ type Terms struct {
 
 // Decision is the outcome of one evaluation.
 type Decision struct {
-	Replicas int   // the target served to KEDA, within [MinReplicas, MaxReplicas]
-	Active   bool  // visible plus in-flight work exceeds ActivationDepth
+	Replicas int  // the target served to KEDA, within [MinReplicas, MaxReplicas]
+	Active   bool // visible plus in-flight work exceeds ActivationDepth
 	Hints    Hints
 	Terms    Terms
 	Reason   string // one line a person can follow without reading code

@@ -1,0 +1,361 @@
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/flowscaler/flowscaler/policy"
+)
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultYAML is the built-in configuration, served when no file is given.
+func DefaultYAML() []byte { return bytes.Clone(defaultYAML) }
+
+// Config is flowscaler.yaml after parsing, expansion and validation.
+type Config struct {
+	Server      Server                `yaml:"server"`
+	Connections map[string]Connection `yaml:"connections"`
+	Policy      Policy                `yaml:"policy"`
+
+	raw []byte // the file as read, before expansion: what Watch compares against
+}
+
+// Server holds listen addresses and the timing rules of every source read.
+type Server struct {
+	// GRPCAddr serves KEDA's externalscaler protocol and gRPC health.
+	GRPCAddr string `yaml:"grpcAddr"`
+	// HTTPAddr serves /metrics, /healthz, /readyz and /debug/decisions.
+	HTTPAddr string `yaml:"httpAddr"`
+	// ReadTimeout bounds every source read, whatever deadline the caller has. > 0.
+	ReadTimeout Duration `yaml:"readTimeout"`
+	// StaleAfter is how long a last-good answer may be served while a source
+	// fails; after it the call fails with Unavailable so KEDA's fallback takes over. >= 0.
+	StaleAfter Duration `yaml:"staleAfter"`
+	// ReadCacheTTL is how long one read of a queue is shared by every caller
+	// watching it: N ScaledObjects on one stream cost one read per TTL. >= 0.
+	ReadCacheTTL Duration `yaml:"readCacheTTL"`
+	// StreamCheckInterval is how often StreamIsActive re-evaluates activity. > 0.
+	StreamCheckInterval Duration `yaml:"streamCheckInterval"`
+	// ShutdownTimeout is the hard deadline of a graceful stop. > 0.
+	ShutdownTimeout Duration `yaml:"shutdownTimeout"`
+}
+
+// Connection is one named broker connection. Secrets are resolved at load
+// and never printed: String and LogValue redact them.
+type Connection struct {
+	Type            string `yaml:"type"`
+	URL             string `yaml:"url"`
+	PasswordFromEnv string `yaml:"passwordFromEnv"`
+	PasswordFile    string `yaml:"passwordFile"`
+
+	password string
+}
+
+// Password is the resolved secret from PasswordFromEnv or PasswordFile ("" when none).
+func (c Connection) Password() string { return c.password }
+
+// String shows the connection without secrets.
+func (c Connection) String() string {
+	return fmt.Sprintf("%s %s", c.Type, RedactURL(c.URL))
+}
+
+// RedactURL hides any password in a URL; an unparsable URL is hidden whole,
+// since it may still carry a secret.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<unparsable url>"
+	}
+	return u.Redacted()
+}
+
+// Policy holds the defaults every ScaledObject starts from and named profiles
+// it can select with the `policy` metadata key.
+type Policy struct {
+	Defaults Profile            `yaml:"defaults"`
+	Profiles map[string]Profile `yaml:"profiles"`
+}
+
+// Profile is a partial set of policy parameters: nil fields inherit. The
+// order is built-in defaults < policy.defaults < profile < trigger metadata.
+type Profile struct {
+	MinReplicas       *int      `yaml:"minReplicas"`
+	MaxReplicas       *int      `yaml:"maxReplicas"`
+	TargetAge         *Duration `yaml:"targetAge"`
+	Concurrency       *int      `yaml:"concurrency"`
+	Prefetch          *int      `yaml:"prefetch"`
+	ProcessingTime    *Duration `yaml:"processingTime"`
+	TargetUtilization *float64  `yaml:"targetUtilization"`
+	ScaleDownCooldown *Duration `yaml:"scaleDownCooldown"`
+	ActivationDepth   *float64  `yaml:"activationDepth"`
+	RateWindow        *Duration `yaml:"rateWindow"`
+}
+
+// BuiltinDefaults are the parameters used where neither the config nor the
+// trigger says otherwise. Prefetch 8 / concurrency 4 is the cpu-bound
+// starting point of MassTransit-style consumers.
+func BuiltinDefaults() policy.Params {
+	return policy.Params{
+		MinReplicas:       0,
+		MaxReplicas:       50,
+		TargetAge:         30 * time.Second,
+		Concurrency:       4,
+		Prefetch:          8,
+		ProcessingTime:    100 * time.Millisecond,
+		TargetUtilization: 0.8,
+		ScaleDownCooldown: 5 * time.Minute,
+		ActivationDepth:   0,
+		RateWindow:        time.Minute,
+	}
+}
+
+// Apply returns base with every set field of p written over it.
+func (p Profile) Apply(base policy.Params) policy.Params {
+	setInt(&base.MinReplicas, p.MinReplicas)
+	setInt(&base.MaxReplicas, p.MaxReplicas)
+	setDur(&base.TargetAge, p.TargetAge)
+	setInt(&base.Concurrency, p.Concurrency)
+	setInt(&base.Prefetch, p.Prefetch)
+	setDur(&base.ProcessingTime, p.ProcessingTime)
+	setFloat(&base.TargetUtilization, p.TargetUtilization)
+	setDur(&base.ScaleDownCooldown, p.ScaleDownCooldown)
+	setFloat(&base.ActivationDepth, p.ActivationDepth)
+	setDur(&base.RateWindow, p.RateWindow)
+	return base
+}
+
+func setInt(dst *int, v *int) {
+	if v != nil {
+		*dst = *v
+	}
+}
+
+func setFloat(dst *float64, v *float64) {
+	if v != nil {
+		*dst = *v
+	}
+}
+
+func setDur(dst *time.Duration, v *Duration) {
+	if v != nil {
+		*dst = time.Duration(*v)
+	}
+}
+
+// Params resolves the parameters of a profile name ("" for the defaults alone).
+func (c *Config) Params(profile string) (policy.Params, error) {
+	p := c.Policy.Defaults.Apply(BuiltinDefaults())
+	if profile == "" {
+		return p, nil
+	}
+	prof, ok := c.Policy.Profiles[profile]
+	if !ok {
+		return policy.Params{}, fmt.Errorf("policy = %q: must be one of the configured profiles (%s)", profile, strings.Join(c.ProfileNames(), ", "))
+	}
+	return prof.Apply(p), nil
+}
+
+// ProfileNames lists the configured profiles, sorted.
+func (c *Config) ProfileNames() []string {
+	names := make([]string, 0, len(c.Policy.Profiles))
+	for n := range c.Policy.Profiles {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Load reads, expands, parses and validates a config file.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, os.LookupEnv, os.ReadFile)
+}
+
+// Parse expands ${VAR} and ${VAR:-default} from lookupEnv, decodes strictly
+// (unknown fields are errors), resolves secrets and validates everything,
+// returning all problems joined.
+func Parse(data []byte, lookupEnv func(string) (string, bool), readFile func(string) ([]byte, error)) (*Config, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, errors.New("config is empty: a truncated file is refused rather than read as all defaults")
+	}
+	expanded, err := expandEnv(data, lookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	// Defaults go in first so that an explicit zero stays zero and is refused.
+	c := Config{Server: defaultServer(), raw: bytes.Clone(data)}
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	errs := c.Server.validate()
+	errs = append(errs, c.resolveConnections(lookupEnv, readFile)...)
+	errs = append(errs, c.Policy.validate()...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return &c, nil
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+// expandEnv replaces ${VAR} and ${VAR:-default}. An unset variable without a
+// default is an error, not an empty string: a silently empty URL or name is
+// worse than a refusal to start.
+func expandEnv(data []byte, lookupEnv func(string) (string, bool)) ([]byte, error) {
+	var errs []error
+	lines := bytes.Split(data, []byte("\n"))
+	for i, line := range lines {
+		if trimmed := bytes.TrimSpace(line); bytes.HasPrefix(trimmed, []byte("#")) {
+			continue
+		}
+		lines[i] = envRef.ReplaceAllFunc(line, func(ref []byte) []byte {
+			m := envRef.FindSubmatch(ref)
+			name := string(m[1])
+			if v, ok := lookupEnv(name); ok && v != "" {
+				return []byte(v)
+			}
+			if m[2] != nil {
+				return m[3]
+			}
+			errs = append(errs, fmt.Errorf("line %d: ${%s}: environment variable is not set (write ${%s:-default} to give a default)", i+1, name, name))
+			return ref
+		})
+	}
+	return bytes.Join(lines, []byte("\n")), errors.Join(errs...)
+}
+
+func defaultServer() Server {
+	return Server{
+		GRPCAddr:            ":6000",
+		HTTPAddr:            ":8080",
+		ReadTimeout:         Duration(2 * time.Second),
+		StaleAfter:          Duration(time.Minute),
+		ReadCacheTTL:        Duration(time.Second),
+		StreamCheckInterval: Duration(time.Second),
+		ShutdownTimeout:     Duration(10 * time.Second),
+	}
+}
+
+func (s *Server) validate() []error {
+	var errs []error
+	positive := func(field string, d Duration) {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("server.%s = %q: must be > 0", field, d))
+		}
+	}
+	positive("readTimeout", s.ReadTimeout)
+	positive("staleAfter", s.StaleAfter)
+	positive("readCacheTTL", s.ReadCacheTTL)
+	positive("streamCheckInterval", s.StreamCheckInterval)
+	positive("shutdownTimeout", s.ShutdownTimeout)
+	return errs
+}
+
+// ConnectionTypes are the supported `type` values of a connection.
+var ConnectionTypes = []string{"redis"}
+
+func (c *Config) resolveConnections(lookupEnv func(string) (string, bool), readFile func(string) ([]byte, error)) []error {
+	var errs []error
+	for _, name := range sortedKeys(c.Connections) {
+		conn := c.Connections[name]
+		field := "connections." + name
+		switch conn.Type {
+		case "redis":
+			errs = append(errs, validateRedisURL(field+".url", conn.URL)...)
+		default:
+			errs = append(errs, fmt.Errorf("%s.type = %q: must be one of %s", field, conn.Type, strings.Join(ConnectionTypes, ", ")))
+		}
+		pw, err := resolveSecret(field, conn.PasswordFromEnv, conn.PasswordFile, lookupEnv, readFile)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		conn.password = pw
+		c.Connections[name] = conn
+	}
+	return errs
+}
+
+func validateRedisURL(field, raw string) []error {
+	u, err := url.Parse(raw)
+	switch {
+	case raw == "":
+		return []error{fmt.Errorf("%s = \"\": must be a redis:// or rediss:// URL", field)}
+	case err != nil:
+		return []error{fmt.Errorf("%s = %q: must be a redis:// or rediss:// URL", field, RedactURL(raw))}
+	case u.Scheme != "redis" && u.Scheme != "rediss":
+		return []error{fmt.Errorf("%s = %q: scheme must be redis or rediss", field, u.Redacted())}
+	case u.Host == "":
+		return []error{fmt.Errorf("%s = %q: must name a host, as in redis://host:6379", field, u.Redacted())}
+	}
+	return nil
+}
+
+// resolveSecret reads a secret from an environment variable or a file. Only
+// the variable's or file's name ever appears in an error.
+func resolveSecret(field, fromEnv, file string, lookupEnv func(string) (string, bool), readFile func(string) ([]byte, error)) (string, error) {
+	switch {
+	case fromEnv != "" && file != "":
+		return "", fmt.Errorf("%s: passwordFromEnv and passwordFile are both set: choose one", field)
+	case fromEnv != "":
+		v, ok := lookupEnv(fromEnv)
+		if !ok || v == "" {
+			return "", fmt.Errorf("%s.passwordFromEnv = %q: environment variable is not set", field, fromEnv)
+		}
+		return v, nil
+	case file != "":
+		b, err := readFile(file)
+		if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return "", fmt.Errorf("%s.passwordFile = %q: cannot be read: %v", field, file, err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	}
+	return "", nil
+}
+
+func (p *Policy) validate() []error {
+	errs := p.Defaults.Validate("policy.defaults.")
+	base := p.Defaults.Apply(BuiltinDefaults())
+	errs = append(errs, ValidateParams("policy.defaults.", base)...)
+	for _, name := range sortedKeys(p.Profiles) {
+		prefix := "policy.profiles." + name + "."
+		prof := p.Profiles[name]
+		if name == "" {
+			errs = append(errs, fmt.Errorf("policy.profiles: a profile name must not be empty"))
+		}
+		errs = append(errs, prof.Validate(prefix)...)
+		errs = append(errs, ValidateParams(prefix, prof.Apply(base))...)
+	}
+	return errs
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

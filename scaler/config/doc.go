@@ -1,0 +1,2 @@
+// Package config parses, validates and watches flowscaler.yaml.
+package config

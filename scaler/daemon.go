@@ -1,0 +1,277 @@
+package scaler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/flowscaler/flowscaler/scaler/config"
+	"github.com/flowscaler/flowscaler/sources"
+)
+
+// DaemonOptions wire a running flowscaler.
+type DaemonOptions struct {
+	Config *config.Config
+	// ConfigPath is watched for changes; "" (the embedded config) is not.
+	ConfigPath string
+	// ReloadInterval is how often ConfigPath is checked; default 2s.
+	ReloadInterval time.Duration
+	Logger         *slog.Logger
+	Version        string
+	// GRPCListener and HTTPListener override the config's addresses (tests
+	// pass listeners on port 0).
+	GRPCListener net.Listener
+	HTTPListener net.Listener
+	// OnReady, when set, is called once both servers accept connections.
+	OnReady func(grpcAddr, httpAddr net.Addr)
+}
+
+// RunDaemon serves until ctx ends, then stops gracefully within the config's
+// shutdownTimeout: streams are ended cleanly, in-flight calls finish, and
+// whatever is left after the deadline is cut.
+func RunDaemon(ctx context.Context, o DaemonOptions) error {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	cfg := o.Config
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := NewMetrics(reg)
+
+	redis := sources.NewRedis(sources.RedisOptions{})
+	defer redis.Close()
+	if err := redis.SetConnections(redisConnections(cfg)); err != nil {
+		return err
+	}
+	instrumented, err := sources.Instrument(Route(map[sources.Kind]Reader{
+		sources.RedisList:   redis,
+		sources.RedisStream: redis,
+	}), reg)
+	if err != nil {
+		return err
+	}
+	reader := sources.Coalesce(instrumented, time.Duration(cfg.Server.ReadCacheTTL), time.Now)
+	srv, err := New(Options{Reader: reader, Config: cfg, Metrics: metrics, Logger: log})
+	if err != nil {
+		return err
+	}
+
+	grpcLis, httpLis, err := listen(o, cfg)
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(metrics.UnaryInterceptor),
+		grpc.ChainStreamInterceptor(metrics.StreamInterceptor),
+		grpc.MaxRecvMsgSize(256<<10),
+	)
+	pb.RegisterExternalScalerServer(gs, srv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+
+	var ready atomic.Bool
+	hsrv := &http.Server{Handler: httpMux(reg, srv, &ready), ReadHeaderTimeout: 5 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- gs.Serve(grpcLis) }()
+	go func() {
+		if err := hsrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	if o.ConfigPath != "" {
+		interval := o.ReloadInterval
+		if interval <= 0 {
+			interval = 2 * time.Second
+		}
+		go config.Watch(ctx, o.ConfigPath, interval, cfg, func(c *config.Config) {
+			if err := redis.SetConnections(redisConnections(c)); err != nil {
+				reloadFailed(log, metrics, o.ConfigPath, err)
+				return
+			}
+			srv.SetConfig(c)
+			metrics.ConfigReloads.WithLabelValues("ok").Inc()
+			metrics.ConfigLastReloadOK.Set(1)
+			log.Info("config reloaded", "path", o.ConfigPath)
+		}, func(err error) { reloadFailed(log, metrics, o.ConfigPath, err) })
+	}
+
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(pb.ExternalScaler_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	ready.Store(true)
+	log.Info("flowscaler serving", "version", o.Version, "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
+		"connections", len(cfg.Connections), "profiles", cfg.ProfileNames())
+	if o.OnReady != nil {
+		o.OnReady(grpcLis.Addr(), httpLis.Addr())
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	ready.Store(false)
+	hs.Shutdown()
+	stopGracefully(gs, srv, time.Duration(srv.Config().Server.ShutdownTimeout), log)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = hsrv.Shutdown(shutdownCtx)
+	return serveErr
+}
+
+func reloadFailed(log *slog.Logger, m *Metrics, path string, err error) {
+	m.ConfigReloads.WithLabelValues("error").Inc()
+	m.ConfigLastReloadOK.Set(0)
+	log.Error("config reload failed; keeping the previous config", "path", path, "errors", splitJoined(err))
+}
+
+// stopGracefully ends streams, lets unary calls finish and cuts whatever is
+// left at the deadline.
+func stopGracefully(gs *grpc.Server, srv *Server, timeout time.Duration, log *slog.Logger) {
+	srv.Drain()
+	done := make(chan struct{})
+	go func() { gs.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		log.Warn("graceful stop timed out; closing remaining connections", "timeout", timeout.String())
+		gs.Stop()
+		<-done
+	}
+}
+
+func listen(o DaemonOptions, cfg *config.Config) (grpcLis, httpLis net.Listener, err error) {
+	grpcLis, httpLis = o.GRPCListener, o.HTTPListener
+	if grpcLis == nil {
+		if grpcLis, err = net.Listen("tcp", cfg.Server.GRPCAddr); err != nil {
+			return nil, nil, fmt.Errorf("server.grpcAddr = %q: %w", cfg.Server.GRPCAddr, err)
+		}
+	}
+	if httpLis == nil {
+		if httpLis, err = net.Listen("tcp", cfg.Server.HTTPAddr); err != nil {
+			grpcLis.Close()
+			return nil, nil, fmt.Errorf("server.httpAddr = %q: %w", cfg.Server.HTTPAddr, err)
+		}
+	}
+	return grpcLis, httpLis, nil
+}
+
+func redisConnections(c *config.Config) map[string]sources.RedisConnection {
+	out := map[string]sources.RedisConnection{}
+	for name, conn := range c.Connections {
+		if conn.Type == "redis" {
+			out[name] = sources.RedisConnection{URL: conn.URL, Password: conn.Password()}
+		}
+	}
+	return out
+}
+
+// Route sends each query to the reader registered for its kind: the one
+// place where source kinds meet their implementations.
+func Route(readers map[sources.Kind]Reader) Reader { return router(readers) }
+
+type router map[sources.Kind]Reader
+
+func (r router) Read(ctx context.Context, q sources.Query) (sources.Reading, error) {
+	rd, ok := r[q.Kind]
+	if !ok {
+		return sources.Reading{}, fmt.Errorf("source %q: no reader registered", q.Kind)
+	}
+	return rd.Read(ctx, q)
+}
+
+func httpMux(reg *prometheus.Registry, srv *Server, ready *atomic.Bool) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /debug/decisions", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(Explain(srv.Evaluations(), time.Now()))
+	})
+	return mux
+}
+
+// ExplainedDecision is the JSON form of an evaluation for people and tools.
+type ExplainedDecision struct {
+	Namespace      string   `json:"namespace"`
+	Name           string   `json:"name"`
+	MetricName     string   `json:"metricName"`
+	Source         string   `json:"source"`
+	Profile        string   `json:"profile,omitempty"`
+	Replicas       int      `json:"replicas"`
+	Active         bool     `json:"active"`
+	Reason         string   `json:"reason"`
+	Depth          float64  `json:"depth"`
+	DepthCapped    bool     `json:"depthCapped,omitempty"`
+	InFlight       float64  `json:"inFlight"`
+	OldestAgeSec   *float64 `json:"oldestAgeSeconds"`
+	ArrivalRate    *float64 `json:"arrivalRate"`
+	ProcessingSec  float64  `json:"processingTimeSeconds"`
+	ProcessingFrom string   `json:"processingTimeFrom"`
+	MaxDeliveries  int64    `json:"maxDeliveries"`
+	Concurrency    int      `json:"hintConcurrency"`
+	Prefetch       int      `json:"hintPrefetch"`
+	CooldownSec    float64  `json:"cooldownSeconds"`
+	ReadingAgeSec  float64  `json:"readingAgeSeconds"`
+	Stale          bool     `json:"stale,omitempty"`
+}
+
+// Explain turns evaluations into their JSON form, sorted by object.
+func Explain(evs []Evaluation, now time.Time) []ExplainedDecision {
+	out := make([]ExplainedDecision, 0, len(evs))
+	for _, ev := range evs {
+		d := ev.Decision
+		e := ExplainedDecision{
+			Namespace: ev.Object.Namespace, Name: ev.Object.Name, MetricName: ev.Object.MetricName,
+			Source: ev.Object.Query.String(), Profile: ev.Object.Profile,
+			Replicas: d.Replicas, Active: d.Active, Reason: d.Reason,
+			Depth: ev.Reading.Depth, DepthCapped: ev.Reading.DepthCapped, InFlight: ev.Reading.InFlight,
+			ProcessingSec: d.Terms.ProcessingTime.Seconds(), ProcessingFrom: d.Terms.ProcessingFrom,
+			MaxDeliveries: ev.Reading.MaxDeliveries,
+			Concurrency:   d.Hints.Concurrency, Prefetch: d.Hints.Prefetch, CooldownSec: d.Hints.Cooldown.Seconds(),
+			ReadingAgeSec: now.Sub(ev.Reading.At).Seconds(), Stale: ev.Stale,
+		}
+		if ev.Reading.OldestAge >= 0 {
+			v := ev.Reading.OldestAge.Seconds()
+			e.OldestAgeSec = &v
+		}
+		if r := d.Terms.ArrivalRate; r == r { // not NaN
+			e.ArrivalRate = &r
+		}
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Namespace != out[j].Namespace {
+			return out[i].Namespace < out[j].Namespace
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}

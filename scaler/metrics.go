@@ -1,0 +1,159 @@
+package scaler
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// Metrics are flowscaler's own series, registered on a registry the caller
+// owns. Per-object series are labelled by namespace and ScaledObject only
+// (never by message or key), and are deleted when the object is forgotten.
+type Metrics struct {
+	rpcTotal     *prometheus.CounterVec
+	rpcDuration  *prometheus.HistogramVec
+	stale        *prometheus.CounterVec
+	sourceErrors *prometheus.CounterVec
+	replicas     *prometheus.GaugeVec
+	active       *prometheus.GaugeVec
+	depth        *prometheus.GaugeVec
+	inFlight     *prometheus.GaugeVec
+	oldestAge    *prometheus.GaugeVec
+	arrivalRate  *prometheus.GaugeVec
+	maxDeliv     *prometheus.GaugeVec
+	hintConc     *prometheus.GaugeVec
+	hintPrefetch *prometheus.GaugeVec
+	cooldown     *prometheus.GaugeVec
+	// ConfigReloads counts reloads by result ("ok" or "error").
+	ConfigReloads *prometheus.CounterVec
+	// ConfigLastReloadOK is 1 when the last reload attempt succeeded.
+	ConfigLastReloadOK prometheus.Gauge
+}
+
+var objectLabels = []string{"namespace", "scaledobject"}
+
+// NewMetrics creates the series and registers them on reg (nil: unregistered,
+// for tests and tools that do not export).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	gauge := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, objectLabels)
+	}
+	m := &Metrics{
+		rpcTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flowscaler_grpc_requests_total", Help: "KEDA protocol calls by method and gRPC status code.",
+		}, []string{"method", "code"}),
+		rpcDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "flowscaler_grpc_request_duration_seconds", Help: "Latency of unary KEDA protocol calls.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"method"}),
+		stale: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flowscaler_stale_answers_total", Help: "Answers served from the last good decision because a source failed.",
+		}, objectLabels),
+		sourceErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flowscaler_object_source_errors_total", Help: "Failed source reads seen by an object's evaluations.",
+		}, objectLabels),
+		replicas:     gauge("flowscaler_desired_replicas", "Replica target served to KEDA."),
+		active:       gauge("flowscaler_active", "1 when visible plus in-flight work exceeds the activation depth."),
+		depth:        gauge("flowscaler_queue_depth", "Visible backlog: list length or undelivered stream entries."),
+		inFlight:     gauge("flowscaler_in_flight", "Delivered but unacknowledged messages (stream pending entries)."),
+		oldestAge:    gauge("flowscaler_oldest_message_age_seconds", "Age of the oldest undelivered message; absent when unknown."),
+		arrivalRate:  gauge("flowscaler_arrival_rate", "Measured arrival rate in messages per second; absent until measurable."),
+		maxDeliv:     gauge("flowscaler_max_delivery_count", "Highest delivery count among the oldest pending messages."),
+		hintConc:     gauge("flowscaler_hint_concurrency", "Recommended per-pod concurrent-message limit."),
+		hintPrefetch: gauge("flowscaler_hint_prefetch", "Recommended per-pod prefetch."),
+		cooldown:     gauge("flowscaler_cooldown_seconds", "Scale-down stabilisation window in effect."),
+		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flowscaler_config_reloads_total", Help: "Config reload attempts by result.",
+		}, []string{"result"}),
+		ConfigLastReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flowscaler_config_last_reload_successful", Help: "1 when the last config reload succeeded, 0 when the old config was kept.",
+		}),
+	}
+	m.ConfigLastReloadOK.Set(1)
+	if reg != nil {
+		reg.MustRegister(m.rpcTotal, m.rpcDuration, m.stale, m.sourceErrors, m.replicas, m.active, m.depth,
+			m.inFlight, m.oldestAge, m.arrivalRate, m.maxDeliv, m.hintConc, m.hintPrefetch, m.cooldown,
+			m.ConfigReloads, m.ConfigLastReloadOK)
+	}
+	return m
+}
+
+func (m *Metrics) observeDecision(ev Evaluation) {
+	l := prometheus.Labels{"namespace": ev.Object.Namespace, "scaledobject": ev.Object.Name}
+	d := ev.Decision
+	m.replicas.With(l).Set(float64(d.Replicas))
+	m.active.With(l).Set(b2f(d.Active))
+	m.depth.With(l).Set(ev.Reading.Depth)
+	m.inFlight.With(l).Set(ev.Reading.InFlight)
+	m.maxDeliv.With(l).Set(float64(ev.Reading.MaxDeliveries))
+	setKnown(m.oldestAge, l, ev.Reading.OldestAge.Seconds(), ev.Reading.OldestAge >= 0)
+	setKnown(m.arrivalRate, l, d.Terms.ArrivalRate, !math.IsNaN(d.Terms.ArrivalRate))
+	m.hintConc.With(l).Set(float64(d.Hints.Concurrency))
+	m.hintPrefetch.With(l).Set(float64(d.Hints.Prefetch))
+	m.cooldown.With(l).Set(d.Hints.Cooldown.Seconds())
+}
+
+// setKnown exports a value only when it is known: an absent series is honest,
+// a 0 would be a lie that alerts and dashboards believe.
+func setKnown(g *prometheus.GaugeVec, l prometheus.Labels, v float64, known bool) {
+	if known {
+		g.With(l).Set(v)
+		return
+	}
+	g.Delete(l)
+}
+
+func (m *Metrics) staleAnswer(o Object) {
+	m.stale.WithLabelValues(o.Namespace, o.Name).Inc()
+}
+
+func (m *Metrics) sourceFailure(o Object) {
+	m.sourceErrors.WithLabelValues(o.Namespace, o.Name).Inc()
+}
+
+func (m *Metrics) forget(o Object) {
+	l := prometheus.Labels{"namespace": o.Namespace, "scaledobject": o.Name}
+	for _, v := range []*prometheus.GaugeVec{m.replicas, m.active, m.depth, m.inFlight, m.oldestAge,
+		m.arrivalRate, m.maxDeliv, m.hintConc, m.hintPrefetch, m.cooldown} {
+		v.Delete(l)
+	}
+	m.stale.Delete(l)
+	m.sourceErrors.Delete(l)
+}
+
+// UnaryInterceptor records latency and status codes of unary calls.
+func (m *Metrics) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := h(ctx, req)
+	method := shortMethod(info.FullMethod)
+	m.rpcDuration.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	m.rpcTotal.WithLabelValues(method, status.Code(err).String()).Inc()
+	return resp, err
+}
+
+// StreamInterceptor records how streams end.
+func (m *Metrics) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	err := h(srv, ss)
+	m.rpcTotal.WithLabelValues(shortMethod(info.FullMethod), status.Code(err).String()).Inc()
+	return err
+}
+
+func shortMethod(full string) string {
+	for i := len(full) - 1; i >= 0; i-- {
+		if full[i] == '/' {
+			return full[i+1:]
+		}
+	}
+	return full
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,386 @@
+package scaler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flowscaler/flowscaler/policy"
+	"github.com/flowscaler/flowscaler/scaler/config"
+	"github.com/flowscaler/flowscaler/sources"
+)
+
+// Reader reads one queue; the server sees the sources through this alone.
+type Reader interface {
+	Read(ctx context.Context, q sources.Query) (sources.Reading, error)
+}
+
+// Options configure a Server. Reader is required; the rest have defaults.
+type Options struct {
+	Reader  Reader
+	Config  *config.Config
+	Metrics *Metrics
+	Logger  *slog.Logger
+	// Now is the clock; tests move it by hand.
+	Now func() time.Time
+}
+
+// Server implements KEDA's externalscaler service.
+type Server struct {
+	pb.UnimplementedExternalScalerServer
+
+	reader  Reader
+	metrics *Metrics
+	log     *slog.Logger
+	now     func() time.Time
+
+	cfg      atomic.Pointer[config.Config]
+	parsed   sync.Map // metadataKey -> parseResult, for the current config
+	objects  sync.Map // Object.ID -> *objectState
+	draining chan struct{}
+	drainOne sync.Once
+	swept    atomic.Int64 // unix nanos of the last sweep of idle objects
+}
+
+type parseResult struct {
+	obj Object
+	err error
+}
+
+// objectState is what the server remembers of one object between calls.
+type objectState struct {
+	mu       sync.Mutex
+	obj      Object
+	state    policy.State
+	lastUsed time.Time
+	// last is the latest decision from a good reading; served while a source
+	// fails, for at most staleAfter after good.At.
+	last *Evaluation
+}
+
+// Evaluation is one decision with what it was made from.
+type Evaluation struct {
+	Object   Object
+	Reading  sources.Reading
+	Decision policy.Decision
+	// DecidedAt is when the policy ran; Reading.At is when the queue was read.
+	DecidedAt time.Time
+	// Stale is set when the source failed and this is the last good answer.
+	Stale    bool
+	StaleErr string
+}
+
+// idleObjectTTL is how long an object nobody asks about keeps its state.
+// It is longer than any sensible cooldown so that a slow poller never loses
+// its scale-down stabilisation.
+const idleObjectTTL = 2 * time.Hour
+
+// New builds a Server. It does no I/O.
+func New(opts Options) (*Server, error) {
+	if opts.Reader == nil {
+		return nil, errors.New("scaler.New: Options.Reader is required")
+	}
+	if opts.Config == nil {
+		return nil, errors.New("scaler.New: Options.Config is required")
+	}
+	s := &Server{
+		reader:   opts.Reader,
+		metrics:  opts.Metrics,
+		log:      opts.Logger,
+		now:      opts.Now,
+		draining: make(chan struct{}),
+	}
+	if s.metrics == nil {
+		s.metrics = NewMetrics(nil)
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.SetConfig(opts.Config)
+	return s, nil
+}
+
+// SetConfig swaps the config; later calls parse their metadata against it.
+// Objects keep their policy state across a reload.
+func (s *Server) SetConfig(c *config.Config) {
+	s.cfg.Store(c)
+	s.parsed.Clear()
+}
+
+// Config is the config in force.
+func (s *Server) Config() *config.Config { return s.cfg.Load() }
+
+// Drain ends every open stream cleanly (the client sees io.EOF) so that a
+// graceful stop does not wait for streams that never end by themselves.
+func (s *Server) Drain() { s.drainOne.Do(func() { close(s.draining) }) }
+
+// parse resolves metadata into an Object, cached per config generation.
+func (s *Server) parse(ref *pb.ScaledObjectRef) (Object, error) {
+	if ref == nil {
+		return Object{}, status.Error(codes.InvalidArgument, "scaledObjectRef: must be set")
+	}
+	key := metadataKey(ref.GetNamespace(), ref.GetName(), ref.GetScalerMetadata())
+	if r, ok := s.parsed.Load(key); ok {
+		pr := r.(parseResult)
+		return pr.obj, pr.err
+	}
+	obj, err := ParseObject(s.cfg.Load(), ref.GetNamespace(), ref.GetName(), ref.GetScalerMetadata())
+	if err != nil {
+		err = status.Error(codes.InvalidArgument, fmt.Sprintf("invalid metadata for %s/%s: %s", ref.GetNamespace(), ref.GetName(), joinLines(err)))
+	}
+	s.parsed.Store(key, parseResult{obj: obj, err: err})
+	return obj, err
+}
+
+// Evaluate reads the object's queue and decides. A source failure is served
+// from the last good decision while it is younger than staleAfter, and is an
+// Unavailable error after that: never a 0 and never "inactive".
+func (s *Server) Evaluate(ctx context.Context, ref *pb.ScaledObjectRef) (Evaluation, error) {
+	obj, err := s.parse(ref)
+	if err != nil {
+		return Evaluation{}, err
+	}
+	srv := s.cfg.Load().Server
+	st := s.stateOf(obj)
+
+	readCtx, cancel := context.WithTimeout(ctx, time.Duration(srv.ReadTimeout))
+	reading, readErr := s.reader.Read(readCtx, obj.Query)
+	cancel()
+
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := s.now()
+	st.lastUsed = now
+	st.obj = obj
+	if readErr != nil {
+		return s.staleOrFail(ctx, st, readErr, now, time.Duration(srv.StaleAfter))
+	}
+	if st.last != nil && !st.last.Stale && st.last.Reading.At.Equal(reading.At) {
+		// The same coalesced reading: deciding again would count it twice.
+		return *st.last, nil
+	}
+	dec, next := policy.Decide(obj.Params, inputsOf(reading), st.state, now)
+	st.state = next
+	ev := Evaluation{Object: obj, Reading: reading, Decision: dec, DecidedAt: now}
+	st.last = &ev
+	s.metrics.observeDecision(ev)
+	s.sweep(now)
+	return ev, nil
+}
+
+func (s *Server) staleOrFail(ctx context.Context, st *objectState, readErr error, now time.Time, staleAfter time.Duration) (Evaluation, error) {
+	q := st.obj.Query
+	if ctx.Err() != nil {
+		// The caller gave up; its deadline, not the source, ended the read.
+		return Evaluation{}, status.FromContextError(ctx.Err()).Err()
+	}
+	s.metrics.sourceFailure(st.obj)
+	if st.last != nil {
+		age := now.Sub(st.last.Reading.At)
+		if age <= staleAfter {
+			ev := *st.last
+			ev.Stale = true
+			ev.StaleErr = readErr.Error()
+			ev.Decision.Reason = fmt.Sprintf("stale (%s old, source failing: %v): %s", formatDuration(age), readErr, st.last.Decision.Reason)
+			s.metrics.staleAnswer(st.obj)
+			return ev, nil
+		}
+		return Evaluation{}, status.Errorf(codes.Unavailable, "%s: read failed: %v; last good reading is %s old, beyond staleAfter %s", q, readErr, formatDuration(age), staleAfter)
+	}
+	return Evaluation{}, status.Errorf(codes.Unavailable, "%s: read failed: %v; no good reading yet", q, readErr)
+}
+
+func (s *Server) stateOf(obj Object) *objectState {
+	if v, ok := s.objects.Load(obj.ID); ok {
+		return v.(*objectState)
+	}
+	v, _ := s.objects.LoadOrStore(obj.ID, &objectState{obj: obj})
+	return v.(*objectState)
+}
+
+// sweep forgets objects nobody has asked about for idleObjectTTL, at most
+// once a minute, so deleted ScaledObjects do not leak memory or series.
+func (s *Server) sweep(now time.Time) {
+	last := s.swept.Load()
+	if now.UnixNano()-last < int64(time.Minute) || !s.swept.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	s.objects.Range(func(k, v any) bool {
+		st := v.(*objectState)
+		if st.mu.TryLock() {
+			idle := now.Sub(st.lastUsed) > idleObjectTTL
+			st.mu.Unlock()
+			if idle {
+				s.objects.Delete(k)
+				s.metrics.forget(st.obj)
+			}
+		}
+		return true
+	})
+}
+
+// Evaluations lists the latest evaluation of every known object.
+func (s *Server) Evaluations() []Evaluation {
+	var out []Evaluation
+	s.objects.Range(func(_, v any) bool {
+		st := v.(*objectState)
+		st.mu.Lock()
+		if st.last != nil {
+			out = append(out, *st.last)
+		}
+		st.mu.Unlock()
+		return true
+	})
+	return out
+}
+
+// inputsOf maps a source reading to policy inputs; what the source cannot
+// know stays unknown (NaN or negative), never 0.
+func inputsOf(r sources.Reading) policy.Inputs {
+	return policy.Inputs{
+		Depth:           r.Depth,
+		InFlight:        r.InFlight,
+		OldestAge:       r.OldestAge,
+		MaxDeliveries:   r.MaxDeliveries,
+		ProducedTotal:   r.ProducedTotal,
+		ConsumedTotal:   r.ConsumedTotal,
+		ConsumptionRate: math.NaN(),
+		ProcessingTime:  -1,
+	}
+}
+
+// GetMetricSpec answers from metadata alone: KEDA calls it before every
+// evaluation, and if it failed on a source outage KEDA's fallback could
+// never engage. The target is 1, so the HPA's AverageValue maths
+// ceil(value / 1) makes the metric value the replica count.
+func (s *Server) GetMetricSpec(_ context.Context, ref *pb.ScaledObjectRef) (*pb.GetMetricSpecResponse, error) {
+	obj, err := s.parse(ref)
+	if err != nil {
+		return nil, err
+	}
+	return specOf(obj), nil
+}
+
+func specOf(obj Object) *pb.GetMetricSpecResponse {
+	return &pb.GetMetricSpecResponse{MetricSpecs: []*pb.MetricSpec{{
+		MetricName: obj.MetricName, TargetSize: 1, TargetSizeFloat: 1,
+	}}}
+}
+
+// GetMetrics returns the replica target as the single metric value.
+func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb.GetMetricsResponse, error) {
+	ev, err := s.Evaluate(ctx, req.GetScaledObjectRef())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.GetMetricsResponse{MetricValues: []*pb.MetricValue{{
+		MetricName:       ev.Object.MetricName,
+		MetricValue:      int64(ev.Decision.Replicas),
+		MetricValueFloat: float64(ev.Decision.Replicas),
+	}}}, nil
+}
+
+// IsActive reports whether visible plus in-flight work exceeds the activation depth.
+func (s *Server) IsActive(ctx context.Context, ref *pb.ScaledObjectRef) (*pb.IsActiveResponse, error) {
+	ev, err := s.Evaluate(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.IsActiveResponse{Result: ev.Decision.Active}, nil
+}
+
+// StreamIsActive sends the current activity at once, then on every change,
+// checking every streamCheckInterval. It ends with nil (io.EOF at KEDA) on
+// shutdown; a source failure past staleAfter ends it with Unavailable, and
+// KEDA reconnects with its own backoff.
+func (s *Server) StreamIsActive(ref *pb.ScaledObjectRef, stream pb.ExternalScaler_StreamIsActiveServer) error {
+	ctx := stream.Context()
+	var sent *bool
+	for {
+		ev, err := s.Evaluate(ctx, ref)
+		if err != nil {
+			return err
+		}
+		if sent == nil || *sent != ev.Decision.Active {
+			if err := stream.Send(&pb.IsActiveResponse{Result: ev.Decision.Active}); err != nil {
+				return err
+			}
+			active := ev.Decision.Active
+			sent = &active
+		}
+		if !s.wait(ctx, time.Duration(s.cfg.Load().Server.StreamCheckInterval)) {
+			return nil
+		}
+	}
+}
+
+// StreamMetricSpec sends the spec at once and again whenever a config reload
+// changes it, so that it never diverges from GetMetricSpec.
+func (s *Server) StreamMetricSpec(ref *pb.ScaledObjectRef, stream pb.ExternalScaler_StreamMetricSpecServer) error {
+	ctx := stream.Context()
+	var sent string
+	for {
+		obj, err := s.parse(ref)
+		if err != nil {
+			return err
+		}
+		spec := specOf(obj)
+		if key := spec.String(); key != sent {
+			if err := stream.Send(spec); err != nil {
+				return err
+			}
+			sent = key
+		}
+		if !s.wait(ctx, time.Duration(s.cfg.Load().Server.StreamCheckInterval)) {
+			return nil
+		}
+	}
+}
+
+// wait sleeps for d; false means stop: the server drains or the client left.
+func (s *Server) wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-s.draining:
+		return false
+	}
+}
+
+func joinLines(err error) string {
+	var b []byte
+	for i, line := range splitJoined(err) {
+		if i > 0 {
+			b = append(b, "; "...)
+		}
+		b = append(b, line...)
+	}
+	return string(b)
+}
+
+func splitJoined(err error) []string {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []string
+		for _, e := range j.Unwrap() {
+			out = append(out, splitJoined(e)...)
+		}
+		return out
+	}
+	return []string{err.Error()}
+}

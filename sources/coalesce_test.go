@@ -1,0 +1,343 @@
+package sources
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/flowscaler/flowscaler/sources/redistest"
+)
+
+// countingReader counts the reads that reach the Reader it wraps.
+type countingReader struct {
+	next Reader
+	n    atomic.Int64
+}
+
+func (c *countingReader) Read(ctx context.Context, q Query) (Reading, error) {
+	c.n.Add(1)
+	return c.next.Read(ctx, q)
+}
+
+// gatedReader holds every read until release is closed, and hands the
+// context each read got to entered.
+type gatedReader struct {
+	next    Reader
+	entered chan context.Context
+	release chan struct{}
+}
+
+func newGatedReader(next Reader) *gatedReader {
+	return &gatedReader{next: next, entered: make(chan context.Context, 100), release: make(chan struct{})}
+}
+
+func (g *gatedReader) Read(ctx context.Context, q Query) (Reading, error) {
+	g.entered <- ctx
+	<-g.release
+	return g.next.Read(ctx, q)
+}
+
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// coalesceFixture is a real Redis with lists "a" (3 items) and "b" (1 item)
+// behind a counting reader.
+func coalesceFixture(t testing.TB) (*countingReader, Query, Query) {
+	t.Helper()
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := testCtx(t)
+	check(t, c.RPush(ctx, "a", 1, 2, 3).Err())
+	check(t, c.RPush(ctx, "b", 1).Err())
+	r := newTestRedis(t, srv.URL(), RedisOptions{})
+	return &countingReader{next: r},
+		Query{Kind: RedisList, Connection: testConn, Name: "a"},
+		Query{Kind: RedisList, Connection: testConn, Name: "b"}
+}
+
+func TestCoalesceConcurrentReadsShareOne(t *testing.T) {
+	counter, qa, _ := coalesceFixture(t)
+	gate := newGatedReader(counter)
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	r := Coalesce(gate, time.Minute, clock.Now)
+	ctx := testCtx(t)
+
+	const callers = 32
+	var started, done sync.WaitGroup
+	started.Add(callers)
+	errs := make(chan error, callers)
+	for range callers {
+		done.Go(func() {
+			started.Done()
+			rd, err := r.Read(ctx, qa)
+			if err == nil && rd.Depth != 3 {
+				err = errors.New("wrong depth")
+			}
+			errs <- err
+		})
+	}
+	started.Wait()
+	<-gate.entered // the shared read is under way
+	close(gate.release)
+	done.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	// Whether a caller joined the flight or came after it and hit the
+	// cache, the broker is read once.
+	if n := counter.n.Load(); n != 1 {
+		t.Errorf("%d underlying reads for %d concurrent callers, want 1", n, callers)
+	}
+}
+
+func TestCoalesceDistinctQueriesNotMerged(t *testing.T) {
+	counter, qa, qb := coalesceFixture(t)
+	r := Coalesce(counter, time.Minute, (&fakeClock{}).Now)
+	ctx := testCtx(t)
+
+	var wg sync.WaitGroup
+	var da, db float64
+	var ea, eb error
+	wg.Go(func() {
+		rd, err := r.Read(ctx, qa)
+		da, ea = rd.Depth, err
+	})
+	wg.Go(func() {
+		rd, err := r.Read(ctx, qb)
+		db, eb = rd.Depth, err
+	})
+	wg.Wait()
+	if ea != nil || eb != nil {
+		t.Fatal(ea, eb)
+	}
+	if da != 3 || db != 1 {
+		t.Errorf("depths a=%v b=%v, want 3 and 1", da, db)
+	}
+	if n := counter.n.Load(); n != 2 {
+		t.Errorf("%d underlying reads, want 2", n)
+	}
+}
+
+func TestCoalesceCacheExpiry(t *testing.T) {
+	counter, qa, _ := coalesceFixture(t)
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	const ttl = 5 * time.Second
+	r := Coalesce(counter, ttl, clock.Now)
+	ctx := testCtx(t)
+
+	read := func(wantReads int64) Reading {
+		t.Helper()
+		rd, err := r.Read(ctx, qa)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := counter.n.Load(); n != wantReads {
+			t.Fatalf("at +%v: %d underlying reads, want %d", clock.Now().Sub(time.Unix(1000, 0)), n, wantReads)
+		}
+		return rd
+	}
+	first := read(1)
+	if again := read(1); !again.At.Equal(first.At) {
+		t.Errorf("cached reading At = %v, want the original %v", again.At, first.At)
+	}
+	clock.Advance(ttl - time.Nanosecond)
+	read(1)
+	clock.Advance(time.Nanosecond)
+	read(2)
+}
+
+func TestCoalesceErrorsNotCached(t *testing.T) {
+	counter, _, _ := coalesceFixture(t)
+	r := Coalesce(counter, time.Minute, (&fakeClock{}).Now)
+	q := Query{Kind: RedisList, Connection: "nope", Name: "a"}
+	for i := range 3 {
+		if _, err := r.Read(testCtx(t), q); !errors.Is(err, ErrUnknownConnection) {
+			t.Fatalf("read %d: %v, want ErrUnknownConnection", i, err)
+		}
+	}
+	if n := counter.n.Load(); n != 3 {
+		t.Errorf("%d underlying reads for 3 failing reads, want 3", n)
+	}
+}
+
+func TestCoalesceCancelledCallerDoesNotBreakOthers(t *testing.T) {
+	counter, qa, _ := coalesceFixture(t)
+	gate := newGatedReader(counter)
+	r := Coalesce(gate, time.Minute, (&fakeClock{}).Now)
+
+	deadline := time.Now().Add(time.Minute)
+	ctxA, cancelA := context.WithDeadline(context.Background(), deadline)
+	defer cancelA()
+	resA := make(chan error, 1)
+	go func() {
+		_, err := r.Read(ctxA, qa)
+		resA <- err
+	}()
+	shared := <-gate.entered
+
+	if dl, ok := shared.Deadline(); !ok || !dl.Equal(deadline) {
+		t.Errorf("shared read deadline = %v (set %v), want the first caller's %v", dl, ok, deadline)
+	}
+
+	cancelA()
+	// A returns while the shared read is still held at the gate.
+	if err := <-resA; !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled caller got %v, want context.Canceled", err)
+	}
+	if err := shared.Err(); err != nil {
+		t.Errorf("shared read's context ended with its first caller: %v", err)
+	}
+
+	resB := make(chan error, 1)
+	go func() {
+		rd, err := r.Read(testCtx(t), qa)
+		if err == nil && rd.Depth != 3 {
+			err = errors.New("wrong depth")
+		}
+		resB <- err
+	}()
+	close(gate.release)
+	if err := <-resB; err != nil {
+		t.Errorf("other caller: %v", err)
+	}
+	if n := counter.n.Load(); n != 1 {
+		t.Errorf("%d underlying reads, want 1", n)
+	}
+}
+
+// stallFirstReader makes its first read wait for its context to end, as a
+// broker would that hangs past the first caller's deadline.
+type stallFirstReader struct {
+	next    Reader
+	entered chan struct{}
+	calls   atomic.Int64
+}
+
+func (s *stallFirstReader) Read(ctx context.Context, q Query) (Reading, error) {
+	if s.calls.Add(1) == 1 {
+		close(s.entered)
+		<-ctx.Done()
+		return Reading{}, ctx.Err()
+	}
+	return s.next.Read(ctx, q)
+}
+
+func TestCoalesceShortDeadlineDoesNotFailLaterCallers(t *testing.T) {
+	counter, qa, _ := coalesceFixture(t)
+	stall := &stallFirstReader{next: counter, entered: make(chan struct{})}
+	r := Coalesce(stall, time.Minute, (&fakeClock{}).Now)
+
+	ctxA, cancelA := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancelA()
+	resA := make(chan error, 1)
+	go func() {
+		_, err := r.Read(ctxA, qa)
+		resA <- err
+	}()
+	<-stall.entered
+
+	// B may join A's doomed read or start after it; either way it must not
+	// inherit A's deadline.
+	rd, err := r.Read(testCtx(t), qa)
+	if err != nil {
+		t.Fatalf("later caller: %v", err)
+	}
+	if rd.Depth != 3 {
+		t.Errorf("Depth = %v, want 3", rd.Depth)
+	}
+	if err := <-resA; !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("first caller: %v, want context.DeadlineExceeded", err)
+	}
+}
+
+func TestCoalesceDoneContext(t *testing.T) {
+	counter, qa, _ := coalesceFixture(t)
+	r := Coalesce(counter, time.Minute, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := r.Read(ctx, qa); !errors.Is(err, context.Canceled) {
+		t.Errorf("Read with a done context: %v", err)
+	}
+	if n := counter.n.Load(); n != 0 {
+		t.Errorf("%d underlying reads, want 0", n)
+	}
+}
+
+func TestFlightKeyCollisionFree(t *testing.T) {
+	// flightKey lists Query's fields by hand; a new field must be added there.
+	if n := reflect.TypeFor[Query]().NumField(); n != 4 {
+		t.Fatalf("Query has %d fields; update flightKey and this test", n)
+	}
+	// Pairs that naive joins ("/", ":" or concatenation) would merge.
+	qs := []Query{
+		{Kind: RedisList, Connection: "a", Name: "b/c"},
+		{Kind: RedisList, Connection: "a/b", Name: "c"},
+		{Kind: RedisList, Connection: "a:b", Name: "c"},
+		{Kind: RedisList, Connection: "a", Name: "b:c"},
+		{Kind: RedisList, Connection: "a", Name: "1:bc"},
+		{Kind: RedisList, Connection: "a1", Name: ":bc"},
+		{Kind: RedisStream, Connection: "a", Name: "s#g"},
+		{Kind: RedisStream, Connection: "a", Name: "s", Group: "g"},
+		{Kind: RedisStream, Connection: "a", Name: "s", Group: "#g"},
+		{Kind: RedisStream, Connection: "", Name: "as"},
+		{Kind: RedisStream, Connection: "as", Name: ""},
+	}
+	seen := map[string]Query{}
+	for _, q := range qs {
+		k := flightKey(q)
+		if prev, ok := seen[k]; ok {
+			t.Errorf("%#v and %#v share key %q", prev, q, k)
+		}
+		seen[k] = q
+	}
+}
+
+func BenchmarkCoalescedRead(b *testing.B) {
+	srv := redistest.Start(b)
+	check(b, srv.Client(b).RPush(context.Background(), "a", 1, 2, 3).Err())
+	direct := newTestRedis(b, srv.URL(), RedisOptions{})
+	q := Query{Kind: RedisList, Connection: testConn, Name: "a"}
+
+	for _, bc := range []struct {
+		name string
+		r    Reader
+	}{
+		{name: "direct", r: direct},
+		// ttl 0: only concurrent reads merge, every poll reaches Redis.
+		{name: "singleflight", r: Coalesce(direct, 0, nil)},
+		{name: "cached", r: Coalesce(direct, time.Hour, nil)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			ctx := context.Background()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := bc.r.Read(ctx, q); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}

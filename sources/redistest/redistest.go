@@ -1,0 +1,224 @@
+// Package redistest runs a real redis-server for tests.
+//
+// Tests of sources run against the real server rather than a fake because
+// the fakes differ exactly where flowscaler is careful: stream lag,
+// entries-read and nil replies.
+package redistest
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is a redis-server child process listening on 127.0.0.1.
+type Server struct {
+	// Addr is host:port. It stays the same across Stop and Start.
+	Addr string
+
+	t    testing.TB
+	bin  string
+	port int
+	dir  string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has exited
+}
+
+const startTimeout = 10 * time.Second
+
+// Start runs redis-server on a free loopback port with persistence off and
+// its files in t.TempDir(), waits until it answers PING, and kills it when
+// the test ends.
+//
+// Without redis-server on PATH the test is skipped, or fails when CI=true so
+// that CI cannot pass by skipping everything.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		const msg = "redis-server is not on PATH; run test/deps.sh to install it"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	dir := t.TempDir()
+	// The port is free when probed but another process can take it before
+	// redis binds it, so a failed start is retried on a new port.
+	var errs []error
+	for range 5 {
+		port, err := freePort()
+		if err != nil {
+			t.Fatalf("redistest: finding a free port: %v", err)
+		}
+		s := &Server{
+			Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+			t:    t,
+			bin:  bin,
+			port: port,
+			dir:  dir,
+		}
+		if err := s.start(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		t.Cleanup(s.kill)
+		return s
+	}
+	t.Fatalf("redistest: starting redis-server: %v", errors.Join(errs...))
+	return nil
+}
+
+// URL is the server's go-redis URL.
+func (s *Server) URL() string { return "redis://" + s.Addr }
+
+// Stop kills the server and waits for it to exit. Data is lost: the server
+// runs without persistence. Stopping a stopped server does nothing.
+func (s *Server) Stop() {
+	s.t.Helper()
+	s.kill()
+}
+
+// Start runs the server again on the same port, for outage and recovery
+// tests, and waits until it answers PING. It fails the test if the server
+// is already running or cannot start.
+func (s *Server) Start() {
+	s.t.Helper()
+	s.mu.Lock()
+	running := s.cmd != nil
+	s.mu.Unlock()
+	if running {
+		s.t.Fatalf("redistest: server on %s is already running", s.Addr)
+	}
+	if err := s.start(); err != nil {
+		s.t.Fatalf("redistest: restarting redis-server: %v", err)
+	}
+}
+
+// Client returns a go-redis client for the server, closed when t ends.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func (s *Server) start() error {
+	logPath := filepath.Join(s.dir, "redis.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close() // the child has its own descriptor
+
+	cmd := exec.Command(s.bin,
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "no",
+		"--daemonize", "no",
+		"--dir", s.dir,
+	)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	s.mu.Lock()
+	s.cmd, s.exited = cmd, exited
+	s.mu.Unlock()
+
+	deadline := time.Now().Add(startTimeout)
+	for {
+		select {
+		case <-exited:
+			s.mu.Lock()
+			s.cmd, s.exited = nil, nil
+			s.mu.Unlock()
+			return fmt.Errorf("redis-server on %s exited during start-up; log:\n%s", s.Addr, tail(logPath))
+		default:
+		}
+		if ping(s.Addr) == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			s.kill()
+			return fmt.Errorf("redis-server on %s did not answer PING within %s; log:\n%s", s.Addr, startTimeout, tail(logPath))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// kill kills the server by its PID and waits for it.
+func (s *Server) kill() {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd, s.exited = nil, nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+}
+
+// ping speaks RESP by hand so that readiness does not depend on the client
+// library under test.
+func ping(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("unexpected PING reply %q", line)
+	}
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// tail is the end of the server log, for start-up failures.
+func tail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	const limit = 2000
+	if len(b) > limit {
+		b = b[len(b)-limit:]
+	}
+	return string(bytes.TrimSpace(b))
+}
