@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -40,6 +41,10 @@ type DaemonOptions struct {
 	// OnReady, when set, is called once both servers accept connections.
 	OnReady func(grpcAddr, httpAddr net.Addr)
 }
+
+// maxRequestBytes bounds one gRPC request: KEDA's largest (a ScaledObjectRef
+// with its metadata) is a few kilobytes.
+const maxRequestBytes = 256 << 10
 
 // RunDaemon serves until ctx ends, then stops gracefully within the config's
 // shutdownTimeout: streams are ended cleanly, in-flight calls finish, and
@@ -76,11 +81,21 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer(
+	serverOpts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(metrics.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(metrics.StreamInterceptor),
-		grpc.MaxRecvMsgSize(256<<10),
-	)
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+	}
+	if cfg.Server.TLS.Enabled() {
+		certs, err := newCertReloader(cfg.Server.TLS, log)
+		if err != nil {
+			grpcLis.Close()
+			httpLis.Close()
+			return err
+		}
+		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(certs.ServerConfig())))
+	}
+	gs := grpc.NewServer(serverOpts...)
 	pb.RegisterExternalScalerServer(gs, srv)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -116,6 +131,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	hs.SetServingStatus(pb.ExternalScaler_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	ready.Store(true)
 	log.Info("flowscaler serving", "version", o.Version, "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
+		"tls", cfg.Server.TLS.Enabled(), "mtls", cfg.Server.TLS.ClientCAFile != "",
 		"connections", len(cfg.Connections), "profiles", cfg.ProfileNames())
 	if o.OnReady != nil {
 		o.OnReady(grpcLis.Addr(), httpLis.Addr())

@@ -52,6 +52,9 @@ type Server struct {
 	StreamCheckInterval Duration `yaml:"streamCheckInterval"`
 	// ShutdownTimeout is the hard deadline of a graceful stop. > 0.
 	ShutdownTimeout Duration `yaml:"shutdownTimeout"`
+	// TLS, when certFile is set, serves gRPC over TLS only (plaintext is
+	// refused); clientCAFile adds mutual TLS.
+	TLS TLS `yaml:"tls"`
 }
 
 // Connection is one named broker connection. Secrets are resolved at load
@@ -267,6 +270,7 @@ func (s *Server) validate() []error {
 	positive("readCacheTTL", s.ReadCacheTTL)
 	positive("streamCheckInterval", s.StreamCheckInterval)
 	positive("shutdownTimeout", s.ShutdownTimeout)
+	errs = append(errs, s.TLS.validate("server.tls.")...)
 	return errs
 }
 
