@@ -8,10 +8,13 @@ import (
 // stabilise returns the replicas to serve, when the recommendation that
 // sets them expires, and the recommendations to remember:
 //
-//	Replicas  = max{ r.Replicas : now − cooldown < r.At <= now }   (now = cur.At)
+//	Replicas  = max{ r.Replicas : now − cooldown < r.At <= now, r.Rate <= 2·λ }   (now = cur.At)
 //	HeldUntil = At of the newest recommendation with that maximum + cooldown
 //
-// so scale-up is immediate and scale-down waits out the cooldown. With
+// so scale-up is immediate and scale-down waits out the cooldown. The
+// cooldown protects against dips of the arrival rate; a recommendation made
+// for more than twice today's stable rate λ (a burst that has ended: the
+// mirror of panic mode's threshold) is forgotten at once. With
 // cooldown 0 only cur is kept. Recommendations after now (the clock went
 // backwards) are dropped. A recommendation that is not above a later one can
 // never be the maximum again, so it is dropped too: the kept list strictly
@@ -23,7 +26,7 @@ func stabilise(prev []Recommendation, cur Recommendation, cooldown time.Duration
 	if cooldown > 0 {
 		start := cur.At.Add(-cooldown)
 		for _, r := range prev {
-			if r.At.After(start) && !r.At.After(cur.At) {
+			if r.At.After(start) && !r.At.After(cur.At) && !(r.Rate > 2*cur.Rate) {
 				kept = append(kept, r)
 			}
 		}

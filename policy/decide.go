@@ -20,45 +20,123 @@ const huge = 1e300
 // per second over about RateWindow (see measure), B the visible backlog, T
 // the TargetAge in seconds, u the TargetUtilization and c the Concurrency:
 //
-//	urgency     = clamp(OldestAge ÷ T, 1, 4)            (1 when the age is unknown)
-//	steady      = λ·W ÷ u                               (0 while λ is unknown)
+//	urgency     = clamp(OldestAge ÷ T, 1, 4)                 (1 when the age is unknown)
+//	steady      = min(λ·W ÷ u, erlangSlots(λ·W, W, T))       (0 while λ is unknown)
 //	drain       = (B ÷ T)·W·urgency
 //	Raw         = ceil((steady + drain) ÷ c)
-//	floor       = ceil(InFlight ÷ prefetch)             (pods holding work already delivered)
+//	Throughput  = ceil(steady ÷ c)
+//	floor       = ceil(InFlight ÷ prefetch)                  (pods holding work already delivered)
 //	Recommended = clamp(max(Raw, floor, Active ? 1 : 0), MinReplicas, MaxReplicas)
-//	Replicas    = max(Recommended over the last ScaleDownCooldown)
+//	target      = max(Recommended, max(Throughput over the last ScaleDownCooldown))
 //
-// Active is B + InFlight > ActivationDepth. Scale-up is immediate; scale-down
-// waits until every higher recommendation has left the cooldown window.
+// (a held Throughput made for more than twice today's λ, a burst that has
+// ended, is let go: see stabilise), then, against the previous target:
+//
+//   - scale-down only when B + InFlight <= target × c × T ÷ W (the pods
+//     kept finish all the work within T), the oldest message is within T,
+//     and no burst is being answered (panic mode, see panicking);
+//   - scale-up at most to max(ceil(base × ScaleUpFactor), base + ScaleUpPods),
+//     base the target served ScaleUpPeriod ago (see scaleUpLimit);
+//   - when scaling cannot help (see detectStall) the drain term is dropped,
+//     a saturation cap applies, and the backlog is only planned for when a
+//     poison message is about to be dead-lettered.
+//
+// Active is B + InFlight > ActivationDepth. In shadow mode Replicas is the
+// classic ceil(B ÷ MessageCount) and Terms.PolicyReplicas the target above.
 func Decide(p Params, in Inputs, st State, now time.Time) (Decision, State) {
 	p = p.Sanitize()
 	obs := observe(in)
 	w, from := processingTime(p, in)
+	p95 := max(in.ProcessingTimeP95, 0)
+	cs2 := serviceSCV(w.Seconds(), p95.Seconds())
 	samples := remember(st.Samples, obs.sample(now), p.RateWindow)
 	r, samples := measure(samples, obs.consumptionRate)
+	burst := burstRate(samples, p.PanicWindow, obs.consumptionRate)
 	urg := urgency(in.OldestAge, p.TargetAge)
+	prev, served := previous(st.Served, now)
 
 	t := Terms{
 		ArrivalRate:     r.arrival,
+		BurstRate:       burst,
 		ConsumptionRate: r.consumption,
 		ProcessingTime:  w,
 		ProcessingFrom:  from,
-		SteadySlots:     steadySlots(r.arrival, w, p.TargetUtilization),
-		DrainSlots:      drainSlots(obs.slotDepth(), p.TargetAge, w, urg),
+		ProcessingP95:   p95,
 	}
+	panicUntil := panicking(p, st.PanicUntil, now, burst, r.arrival, podsFor(steadySlots(burst, w, p, cs2), p.Concurrency), prev, in.ReadyReplicas)
+	t.Panicking = now.Before(panicUntil)
+	lam := r.arrival
+	if t.Panicking && !math.IsNaN(burst) && (math.IsNaN(lam) || burst > lam) {
+		lam = burst
+	}
+	t.SteadySlots = steadySlots(lam, w, p, cs2)
+	t.DrainSlots = drainSlots(obs.slotDepth(), p.TargetAge, w, urg)
 	t.Raw = podsFor(t.SteadySlots+t.DrainSlots, p.Concurrency)
+	t.ThroughputPods = podsFor(t.SteadySlots, p.Concurrency)
 	t.InFlightFloor = podsFor(min(obs.inFlight, huge), max(p.Prefetch, p.Concurrency))
 	active := obs.depth+obs.inFlight > p.ActivationDepth
 	t.Recommended = recommend(t.Raw, t.InFlightFloor, active, p)
+	hold := clampInt(t.ThroughputPods, p.MinReplicas, p.MaxReplicas)
 
-	replicas, heldUntil, recs := stabilise(st.Recommendations, Recommendation{At: now, Replicas: t.Recommended}, p.ScaleDownCooldown)
-	replicas = clampInt(replicas, p.MinReplicas, p.MaxReplicas)
-	if replicas > t.Recommended {
+	ready, readySince, points := settle(st, in, r, now, p)
+	s := detectStall(p, in, obs, r, w, points, ready, readySince, now)
+	if s.reason != "" {
+		t.Stalled = s.reason
+		t.Recommended = recommend(t.ThroughputPods, t.InFlightFloor, active, p)
+		if pre := prescale(p, in, obs, lam, w, cs2, t.Recommended); s.poison && pre.note != "" {
+			t.Recommended = max(t.Recommended, pre.replicas)
+			s.note = pre.note
+		}
+		if s.cap > 0 {
+			t.Recommended = min(t.Recommended, max(s.cap, p.MinReplicas))
+		}
+	}
+
+	held, heldUntil, recs := stabilise(st.Recommendations, Recommendation{At: now, Replicas: hold, Rate: rateOf(lam)}, p.ScaleDownCooldown)
+	target := max(t.Recommended, clampInt(held, p.MinReplicas, p.MaxReplicas))
+	if target > t.Recommended {
 		t.HeldUntil = heldUntil
 	}
-	d := Decision{Replicas: replicas, Active: active, Hints: hints(p), Terms: t}
-	d.Reason = explain(p, in, obs, r, urg, d)
-	return d, State{Samples: samples, Recommendations: recs}
+	if s.cap > 0 && target > s.cap {
+		target = max(s.cap, p.MinReplicas)
+		if target <= t.Recommended {
+			t.HeldUntil = time.Time{}
+		}
+	}
+	var notes []string
+	target, notes = gate(p, obs, in, t, s, prev, target, panicUntil)
+	if prev >= 0 && target > prev {
+		limit, why := scaleUpLimit(served, now, p, points, ready, in, t.Panicking)
+		if limit = max(limit, prev); target > limit {
+			target = limit
+			notes = append(notes, why)
+		}
+	}
+	target = clampInt(target, p.MinReplicas, p.MaxReplicas)
+	t.PolicyReplicas = target
+
+	d := Decision{Replicas: target, Mode: p.Mode, Active: active, Hints: hints(p, w, p95), Terms: t}
+	if p.Mode == ModeShadow {
+		d.Replicas = clampInt(podsFor(obs.slotDepth()/p.MessageCount, 1), p.MinReplicas, p.MaxReplicas)
+	}
+	d.Reason = explain(p, in, obs, r, urg, d, s, notes)
+	return d, State{
+		Samples:         samples,
+		Recommendations: recs,
+		Served:          rememberServed(served, Recommendation{At: now, Replicas: target}, now.Add(-p.ScaleUpPeriod)),
+		PanicUntil:      panicUntil,
+		Ready:           ready,
+		ReadySince:      readySince,
+		Points:          points,
+	}
+}
+
+// rateOf is λ for remembering: 0 when unknown.
+func rateOf(lam float64) float64 {
+	if math.IsNaN(lam) {
+		return 0
+	}
+	return lam
 }
 
 // observation is Inputs made safe to compute with. Depth and InFlight are
@@ -72,6 +150,7 @@ type observation struct {
 	produced        float64 // cumulative messages added; NaN when unknown
 	consumed        float64 // cumulative messages delivered; NaN when unknown
 	consumptionRate float64 // messages per second; NaN when unknown
+	failureRate     float64 // failed messages per second; NaN when unknown
 	notes           []string
 }
 
@@ -81,6 +160,7 @@ func observe(in Inputs) observation {
 		produced:        counter(in.ProducedTotal),
 		consumed:        counter(in.ConsumedTotal),
 		consumptionRate: counter(in.ConsumptionRate),
+		failureRate:     counter(in.FailureRate),
 	}
 	o.depth, o.depthKnown = nonNegative(in.Depth, "depth", &o.notes)
 	o.inFlight, _ = nonNegative(in.InFlight, "in-flight", &o.notes)
@@ -132,7 +212,9 @@ func processingTime(p Params, in Inputs) (time.Duration, string) {
 }
 
 // urgency = clamp(oldest ÷ target, 1, 4); 1 when oldest < 0 (unknown). It
-// grows the drain term while messages wait longer than the target.
+// grows the drain term while messages wait longer than the target, and the
+// cap bounds the growth: a backlog already late is cleared in T ÷ 4, never
+// by asking for every pod there is.
 func urgency(oldest, target time.Duration) float64 {
 	if oldest < 0 {
 		return 1
@@ -140,14 +222,19 @@ func urgency(oldest, target time.Duration) float64 {
 	return max(1, min(float64(oldest)/float64(target), 4))
 }
 
-// steadySlots = λ·W ÷ u, in busy slots (concurrent messages); 0 while λ is
-// unknown (NaN). Little's law: λ·W messages are in service on average, and
-// only a fraction u of the slots is planned to be busy.
-func steadySlots(arrival float64, w time.Duration, u float64) float64 {
-	if math.IsNaN(arrival) {
+// steadySlots = min(A ÷ u, erlangSlots(A, W, T, cs²)) with A = λ·W, in busy
+// slots; 0 while λ is unknown (NaN). Little's law: A messages are in
+// service on average. A fraction u of the slots is planned to be busy,
+// unless Erlang C shows fewer slots keep 99% of messages within T: with T
+// many processing times long, a queue of a few seconds absorbs the
+// randomness and pods can run nearly full.
+func steadySlots(arrival float64, w time.Duration, p Params, cs2 float64) float64 {
+	if math.IsNaN(arrival) || arrival <= 0 {
 		return 0
 	}
-	return min(arrival*w.Seconds()/u, huge)
+	a := min(arrival*w.Seconds(), huge)
+	simple := min(a/p.TargetUtilization, huge)
+	return min(simple, erlangSlots(a, w.Seconds(), p.TargetAge.Seconds(), cs2, math.Ceil(simple)))
 }
 
 // drainSlots = (B ÷ T)·W·urgency, in busy slots: the extra rate B ÷ T
@@ -179,14 +266,4 @@ func recommend(raw, floor int, active bool, p Params) int {
 		r = 1
 	}
 	return clampInt(r, p.MinReplicas, p.MaxReplicas)
-}
-
-// hints are served next to the target: per-pod concurrency c, prefetch
-// max(Prefetch, c) and the scale-down cooldown in effect.
-func hints(p Params) Hints {
-	return Hints{
-		Concurrency: p.Concurrency,
-		Prefetch:    max(p.Prefetch, p.Concurrency),
-		Cooldown:    p.ScaleDownCooldown,
-	}
 }

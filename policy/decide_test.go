@@ -17,7 +17,7 @@ var (
 
 // testParams: 30s target, c = 4, W = 250ms, u = 0.8, replicas in [0, 20].
 func testParams() Params {
-	return Params{
+	return withNewDefaults(Params{
 		MinReplicas:       0,
 		MaxReplicas:       20,
 		TargetAge:         30 * time.Second,
@@ -28,7 +28,7 @@ func testParams() Params {
 		ScaleDownCooldown: 5 * time.Minute,
 		ActivationDepth:   0,
 		RateWindow:        time.Minute,
-	}
+	})
 }
 
 // unknownInputs knows nothing but an empty queue.
@@ -47,7 +47,7 @@ var decisionOpts = cmp.Options{cmpopts.EquateNaNs(), cmpopts.EquateApprox(0, 1e-
 // terms are the Terms of a decision with configured W = 250ms.
 func terms(arrival, consumption, steady, drain float64, floor, raw, rec int) Terms {
 	return Terms{
-		ArrivalRate: arrival, ConsumptionRate: consumption,
+		ArrivalRate: arrival, BurstRate: arrival, ConsumptionRate: consumption,
 		ProcessingTime: 250 * time.Millisecond, ProcessingFrom: "configured",
 		SteadySlots: steady, DrainSlots: drain, InFlightFloor: floor, Raw: raw, Recommended: rec,
 	}
@@ -73,24 +73,25 @@ func TestDecide(t *testing.T) {
 		want:   Decision{Replicas: 3, Active: true, Hints: hints, Terms: terms(nan, nan, 0, 10, 0, 3, 3)},
 		reason: []string{"backlog 1200, oldest 15s ≤ target 30s", "drain 1200÷30s × 250ms = 10.0 slots", "→ 10.0 ÷ 4 per pod = 3 replicas"},
 	}, {
-		// λ = (3400 − 1000) ÷ 60s = 40/s; steady = 40 × 0.25 ÷ 0.8 = 12.5;
-		// drain = 100 ÷ 30 × 0.25 = 0.8333; ceil(13.333 ÷ 4) = 4.
+		// λ = (3400 − 1000) ÷ 60s = 40/s; A = 40 × 0.25 = 10 busy slots:
+		// 12.5 at u = 0.8, but Erlang C keeps 99% within 30s with 11;
+		// drain = 100 ÷ 30 × 0.25 = 0.8333; ceil(11.833 ÷ 4) = 3.
 		name:  "steady state with produced counter",
 		state: State{Samples: []Sample{ago(time.Minute, 100, 1000, nan)}},
 		in: func(in *Inputs) {
 			in.Depth, in.OldestAge, in.ProducedTotal = 100, 2*time.Second, 3400
 		},
-		want:   Decision{Replicas: 4, Active: true, Hints: hints, Terms: terms(40, nan, 12.5, 100.0/30/4, 0, 4, 4)},
-		reason: []string{"arrival 40.0/s × 250ms ÷ 0.8 = 12.5 slots", "= 4 replicas"},
+		want:   Decision{Replicas: 3, Active: true, Hints: hints, Terms: terms(40, nan, 11, 100.0/30/4, 0, 3, 3)},
+		reason: []string{"arrival 40.0/s × 250ms = 10.0 busy, 11.0 slots keep 99% within 30s (Erlang C)", "= 3 replicas"},
 	}, {
 		// λ = ((1200 − 600) + (8000 − 5000)) ÷ 60 = 60/s, consumption 50/s;
-		// steady = 18.75, drain = 10; ceil(28.75 ÷ 4) = 8.
+		// A = 15, Erlang C 16 slots, drain = 10; ceil(26 ÷ 4) = 7.
 		name:  "consumed counter",
 		state: State{Samples: []Sample{ago(time.Minute, 600, nan, 5000)}},
 		in: func(in *Inputs) {
 			in.Depth, in.ConsumedTotal = 1200, 8000
 		},
-		want:   Decision{Replicas: 8, Active: true, Hints: hints, Terms: terms(60, 50, 18.75, 10, 0, 8, 8)},
+		want:   Decision{Replicas: 7, Active: true, Hints: hints, Terms: terms(60, 50, 16, 10, 0, 7, 7)},
 		reason: []string{"backlog 1200, oldest age unknown", "arrival 60.0/s"},
 	}, {
 		// Depth fell by more than was consumed (trimmed): λ = max(0, (−1200 + 600) ÷ 60) = 0.
@@ -100,12 +101,12 @@ func TestDecide(t *testing.T) {
 		want:   Decision{Replicas: 0, Active: false, Hints: hints, Terms: terms(0, 10, 0, 0, 0, 0, 0)},
 		reason: []string{"idle", "arrival 0.0/s"},
 	}, {
-		// λ = (600 − 1200) ÷ 60 + 30 = 20/s; steady = 6.25, drain = 5; ceil(11.25 ÷ 4) = 3.
+		// λ = (600 − 1200) ÷ 60 + 30 = 20/s; A = 5, Erlang C 6 slots, drain = 5; ceil(11 ÷ 4) = 3.
 		name:   "consumption rate",
 		state:  State{Samples: []Sample{ago(time.Minute, 1200, nan, nan)}},
 		in:     func(in *Inputs) { in.Depth, in.ConsumptionRate = 600, 30 },
-		want:   Decision{Replicas: 3, Active: true, Hints: hints, Terms: terms(20, 30, 6.25, 5, 0, 3, 3)},
-		reason: []string{"arrival 20.0/s × 250ms ÷ 0.8 = 6.2 slots"},
+		want:   Decision{Replicas: 3, Active: true, Hints: hints, Terms: terms(20, 30, 6, 5, 0, 3, 3)},
+		reason: []string{"arrival 20.0/s × 250ms = 5.0 busy, 6.0 slots keep 99% within 30s (Erlang C)"},
 	}, {
 		// λ = max(0, −600 ÷ 60 + 5) = 0.
 		name:   "consumption rate faster than the backlog explains",
@@ -114,11 +115,11 @@ func TestDecide(t *testing.T) {
 		want:   Decision{Replicas: 2, Active: true, Hints: hints, Terms: terms(0, 5, 0, 5, 0, 2, 2)},
 		reason: []string{"arrival 0.0/s"},
 	}, {
-		// λ ≥ 600 ÷ 60 = 10/s; steady = 3.125, drain = 5; ceil(8.125 ÷ 4) = 3.
+		// λ ≥ 600 ÷ 60 = 10/s; A = 2.5, Erlang C 3 slots, drain = 5; ceil(8 ÷ 4) = 2.
 		name:   "lower bound without consumption",
 		state:  State{Samples: []Sample{ago(time.Minute, 0, nan, nan)}},
 		in:     func(in *Inputs) { in.Depth = 600 },
-		want:   Decision{Replicas: 3, Active: true, Hints: hints, Terms: terms(10, nan, 3.125, 5, 0, 3, 3)},
+		want:   Decision{Replicas: 2, Active: true, Hints: hints, Terms: terms(10, nan, 3, 5, 0, 2, 2)},
 		reason: []string{"arrival ≥ 10.0/s (lower bound: consumption rate unknown)"},
 	}, {
 		name:   "samples closer than a second measure nothing",
@@ -198,7 +199,7 @@ func TestDecide(t *testing.T) {
 		name: "measured processing time",
 		in:   func(in *Inputs) { in.Depth, in.ProcessingTime = 1200, time.Second },
 		want: Decision{Replicas: 10, Active: true, Hints: hints, Terms: Terms{
-			ArrivalRate: nan, ConsumptionRate: nan, ProcessingTime: time.Second, ProcessingFrom: "measured",
+			ArrivalRate: nan, BurstRate: nan, ConsumptionRate: nan, ProcessingTime: time.Second, ProcessingFrom: "measured",
 			DrainSlots: 40, Raw: 10, Recommended: 10,
 		}},
 		reason: []string{"drain 1200÷30s × 1s = 40.0 slots", "processing time 1s measured"},
@@ -217,7 +218,7 @@ func TestDecide(t *testing.T) {
 			tm.HeldUntil = t0.Add(time.Minute)
 			return tm
 		}()},
-		reason: []string{"= 3 replicas; holding 9 until 12:01:00 (scale-down cooldown 5m0s)"},
+		reason: []string{"= 3 replicas; holding 9 for the arrival rate until 12:01:00 (scale-down cooldown 5m0s)"},
 	}, {
 		// MaxReplicas was lowered from 50 while 40 was being held.
 		name:  "a held recommendation above a lowered max is clamped",
@@ -228,7 +229,7 @@ func TestDecide(t *testing.T) {
 			tm.HeldUntil = t0.Add(4 * time.Minute)
 			return tm
 		}()},
-		reason: []string{"holding 20 until 12:04:00"},
+		reason: []string{"holding 20 for the arrival rate until 12:04:00"},
 	}, {
 		name:   "forgets a recommendation exactly one cooldown old",
 		state:  State{Recommendations: []Recommendation{{At: t0.Add(-5 * time.Minute), Replicas: 9}}},
@@ -260,7 +261,14 @@ func TestDecide(t *testing.T) {
 				tt.in(&in)
 			}
 			got, _ := Decide(p, in, tt.state, t0)
-			if diff := cmp.Diff(tt.want, got, decisionOpts, cmpopts.IgnoreFields(Decision{}, "Reason")); diff != "" {
+			want := tt.want
+			want.Mode = ModeFlowscaler
+			if want.Hints.Basis == "" {
+				want.Hints.Basis = "configured"
+			}
+			want.Terms.PolicyReplicas = want.Replicas
+			want.Terms.ThroughputPods = podsFor(want.Terms.SteadySlots, p.Sanitize().Concurrency)
+			if diff := cmp.Diff(want, got, decisionOpts, cmpopts.IgnoreFields(Decision{}, "Reason")); diff != "" {
 				t.Errorf("Decide() mismatch (-want +got):\n%s\nreason: %s", diff, got.Reason)
 			}
 			assertReason(t, got.Reason, tt.reason...)
@@ -297,8 +305,8 @@ func TestDecideReason(t *testing.T) {
 	got, _ := Decide(testParams(), in, st, t0)
 
 	want := "backlog 1200, oldest 45s > target 30s (urgency 1.5×): " +
-		"arrival 40.0/s × 250ms ÷ 0.8 = 12.5 slots + drain 1200÷30s × 250ms × 1.5 = 15.0 slots " +
-		"→ 27.5 ÷ 4 per pod = 7 replicas; holding 9 until 12:00:30 (scale-down cooldown 5m0s)"
+		"arrival 40.0/s × 250ms = 10.0 busy, 11.0 slots keep 99% within 30s (Erlang C) + drain 1200÷30s × 250ms × 1.5 = 15.0 slots " +
+		"→ 26.0 ÷ 4 per pod = 7 replicas; holding 9 for the arrival rate until 12:00:30 (scale-down cooldown 5m0s)"
 	if diff := cmp.Diff(want, got.Reason); diff != "" {
 		t.Errorf("Reason mismatch (-want +got):\n%s", diff)
 	}
@@ -389,8 +397,9 @@ func TestDecideState(t *testing.T) {
 		Recommendations: []Recommendation{
 			{At: t0.Add(-4 * time.Minute), Replicas: 6},
 			{At: t0.Add(-2 * time.Minute), Replicas: 4},
-			{At: t0, Replicas: 1},
+			{At: t0, Replicas: 1, Rate: 400.0 / 90},
 		},
+		Served: []Recommendation{{At: t0, Replicas: 6}},
 	}
 	if diff := cmp.Diff(want, next, cmpopts.EquateNaNs()); diff != "" {
 		t.Errorf("next State mismatch (-want +got):\n%s", diff)

@@ -13,6 +13,13 @@ const (
 	fallbackProcessingTime = 100 * time.Millisecond // replaces ProcessingTime <= 0
 	fallbackUtilization    = 0.8                    // replaces TargetUtilization <= 0 or NaN
 	fallbackRateWindow     = time.Minute            // replaces RateWindow <= 0
+	fallbackMessageCount   = 5                      // replaces MessageCount <= 0 or NaN: KEDA's default
+	fallbackPanicWindow    = 6 * time.Second        // replaces PanicWindow <= 0: a tenth of the rate window, as in Knative
+	fallbackScaleUpFactor  = 2                      // replaces ScaleUpFactor < 1 or NaN
+	fallbackScaleUpPods    = 4                      // replaces ScaleUpPods < 1
+	fallbackScaleUpPeriod  = 15 * time.Second       // replaces ScaleUpPeriod <= 0
+	fallbackStallDelivers  = 5                      // replaces StallDeliveries < 2
+	fallbackMaxFailureRate = 0.5                    // replaces MaxFailureRate outside (0, 1]
 
 	// replicaLimit bounds every replica count: Kubernetes replica counts are int32.
 	replicaLimit = math.MaxInt32
@@ -32,6 +39,18 @@ const (
 //	ScaleDownCooldown 0 when < 0
 //	ActivationDepth   0 when < 0 or NaN (+Inf is kept: never active)
 //	RateWindow        1m when <= 0
+//	Mode              ModeFlowscaler unless ModeShadow
+//	MessageCount      5 when <= 0, NaN or +Inf
+//	DeadLetterAfter   0 when < 0
+//	LockDuration      0 when < 0
+//	PodStartup        0 when < 0
+//	PanicWindow       6s when <= 0
+//	ScaleUpFactor     2 when < 1 or NaN, 1000 when > 1000
+//	ScaleUpPods       4 when < 1
+//	ScaleUpPeriod     15s when <= 0
+//	StallDeliveries   5 when < 2
+//	MaxFailureRate    0.5 when outside (0, 1] or NaN
+//	Kind              "" unless one of the known kinds
 //
 // Sanitize is idempotent.
 func (p Params) Sanitize() Params {
@@ -47,6 +66,37 @@ func (p Params) Sanitize() Params {
 		p.ActivationDepth = 0
 	}
 	p.RateWindow = positiveOr(p.RateWindow, fallbackRateWindow)
+	if p.Mode != ModeShadow {
+		p.Mode = ModeFlowscaler
+	}
+	if !(p.MessageCount > 0) || math.IsInf(p.MessageCount, 1) {
+		p.MessageCount = fallbackMessageCount
+	}
+	p.DeadLetterAfter = max(p.DeadLetterAfter, 0)
+	p.LockDuration = max(p.LockDuration, 0)
+	p.PodStartup = max(p.PodStartup, 0)
+	p.PanicWindow = positiveOr(p.PanicWindow, fallbackPanicWindow)
+	switch {
+	case !(p.ScaleUpFactor >= 1):
+		p.ScaleUpFactor = fallbackScaleUpFactor
+	case p.ScaleUpFactor > 1000:
+		p.ScaleUpFactor = 1000
+	}
+	if p.ScaleUpPods < 1 {
+		p.ScaleUpPods = fallbackScaleUpPods
+	}
+	p.ScaleUpPeriod = positiveOr(p.ScaleUpPeriod, fallbackScaleUpPeriod)
+	if p.StallDeliveries < 2 {
+		p.StallDeliveries = fallbackStallDelivers
+	}
+	if !(p.MaxFailureRate > 0 && p.MaxFailureRate <= 1) {
+		p.MaxFailureRate = fallbackMaxFailureRate
+	}
+	switch p.Kind {
+	case KindCPUBound, KindIOBound, KindMemoryHeavy:
+	default:
+		p.Kind = ""
+	}
 	return p
 }
 

@@ -20,8 +20,8 @@ func TestSanitize(t *testing.T) {
 		name: "zero value gets fallbacks",
 		in:   func(p *Params) { *p = Params{} },
 		want: func(p *Params) {
-			*p = Params{MaxReplicas: 1, Concurrency: 1, Prefetch: 1, TargetAge: 30 * time.Second,
-				ProcessingTime: 100 * time.Millisecond, TargetUtilization: 0.8, RateWindow: time.Minute}
+			*p = withNewDefaults(Params{MaxReplicas: 1, Concurrency: 1, Prefetch: 1, TargetAge: 30 * time.Second,
+				ProcessingTime: 100 * time.Millisecond, TargetUtilization: 0.8, RateWindow: time.Minute})
 		},
 	}, {
 		name: "negatives",
@@ -56,6 +56,22 @@ func TestSanitize(t *testing.T) {
 		in:   func(p *Params) { p.MinReplicas, p.MaxReplicas = math.MaxInt, math.MaxInt },
 		want: func(p *Params) { p.MinReplicas, p.MaxReplicas = math.MaxInt32, math.MaxInt32 },
 	}, {
+		name: "new fields: nonsense gets fallbacks",
+		in: func(p *Params) {
+			p.Mode, p.MessageCount, p.DeadLetterAfter, p.LockDuration, p.PodStartup = "bogus", math.Inf(1), -1, -1, -1
+			p.PanicWindow, p.ScaleUpFactor, p.ScaleUpPods, p.ScaleUpPeriod = -1, math.NaN(), 0, 0
+			p.StallDeliveries, p.MaxFailureRate, p.Kind = 1, 1.5, "gpu-bound"
+		},
+		want: func(p *Params) { p.DeadLetterAfter, p.LockDuration, p.PodStartup = 0, 0, 0 },
+	}, {
+		name: "new fields: sane values are kept, a huge factor is capped",
+		in: func(p *Params) {
+			p.Mode, p.MessageCount, p.ScaleUpFactor, p.Kind, p.MaxFailureRate = ModeShadow, 50, 1e9, KindIOBound, 1
+		},
+		want: func(p *Params) {
+			p.Mode, p.MessageCount, p.ScaleUpFactor, p.Kind, p.MaxFailureRate = ModeShadow, 50, 1000, KindIOBound, 1
+		},
+	}, {
 		name: "infinite activation depth is kept",
 		in:   func(p *Params) { p.ActivationDepth = math.Inf(1) },
 		want: func(p *Params) { p.ActivationDepth = math.Inf(1) },
@@ -78,4 +94,12 @@ func TestSanitize(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withNewDefaults sets the fallbacks of the fields Sanitize fills in when unset.
+func withNewDefaults(p Params) Params {
+	p.Mode, p.MessageCount, p.PanicWindow = ModeFlowscaler, 5, 6*time.Second
+	p.ScaleUpFactor, p.ScaleUpPods, p.ScaleUpPeriod = 2, 4, 15*time.Second
+	p.StallDeliveries, p.MaxFailureRate = 5, 0.5
+	return p
 }

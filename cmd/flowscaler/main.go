@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/demo"
+	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/simulate"
 	"github.com/flowscaler/flowscaler/scaler"
 	"github.com/flowscaler/flowscaler/scaler/config"
 )
@@ -30,10 +31,13 @@ const usage = `flowscaler: a KEDA external scaler that sizes queue consumers by 
 Usage:
   flowscaler [serve] [--config FILE] [--grpc-addr ADDR] [--http-addr ADDR] [--log-level LEVEL]
   flowscaler demo [--duration 2m]
+  flowscaler simulate --trace FILE|builtin:NAME [--config FILE] [--target-age 30s] [--concurrency 4] [--pod-startup 30s] [--max-replicas N] [--json OUT] [--plot OUT.svg]
   flowscaler version
 
 Without --config, serve uses the built-in configuration (one Redis connection
-"local" at $FLOWSCALER_REDIS_URL, default redis://127.0.0.1:6379).
+"local" at $FLOWSCALER_REDIS_URL, default redis://127.0.0.1:6379, and one
+Prometheus connection "prometheus" at $FLOWSCALER_PROMETHEUS_URL, default
+http://127.0.0.1:9090).
 `
 
 func main() {
@@ -53,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(ctx, args, stderr)
 	case "demo":
 		err = runDemo(ctx, args, stdout, stderr)
+	case "simulate":
+		err = simulate.Run(simulate.Options{Args: args, Stdout: stdout, Stderr: stderr, Terminal: isTerminal(stderr)})
 	case "version":
 		fmt.Fprintln(stdout, "flowscaler", version)
 	case "help", "-h", "--help":
@@ -133,4 +139,14 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level = %q: must be debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
