@@ -30,6 +30,8 @@ type Config struct {
 	Server      Server                `yaml:"server"`
 	Connections map[string]Connection `yaml:"connections"`
 	Policy      Policy                `yaml:"policy"`
+	// Queries read consumer metrics from prometheus connections.
+	Queries Queries `yaml:"queries"`
 
 	raw []byte // the file as read, before expansion: what Watch compares against
 }
@@ -64,8 +66,17 @@ type Connection struct {
 	URL             string `yaml:"url"`
 	PasswordFromEnv string `yaml:"passwordFromEnv"`
 	PasswordFile    string `yaml:"passwordFile"`
+	// Prometheus connections only: a per-query timeout within
+	// server.readTimeout, basic auth (username with the password above) or
+	// a bearer token, and TLS.
+	Timeout            *Duration `yaml:"timeout"`
+	Username           string    `yaml:"username"`
+	BearerTokenFromEnv string    `yaml:"bearerTokenFromEnv"`
+	BearerTokenFile    string    `yaml:"bearerTokenFile"`
+	TLS                ClientTLS `yaml:"tls"`
 
-	password string
+	password    string
+	bearerToken string
 }
 
 // Password is the resolved secret from PasswordFromEnv or PasswordFile ("" when none).
@@ -106,25 +117,25 @@ type Profile struct {
 	ScaleDownCooldown *Duration `yaml:"scaleDownCooldown"`
 	ActivationDepth   *float64  `yaml:"activationDepth"`
 	RateWindow        *Duration `yaml:"rateWindow"`
+	// Mode is "flowscaler" (serve flowscaler's target) or "shadow" (serve
+	// the classic depth ÷ messageCount, compute and explain flowscaler's).
+	Mode            *string   `yaml:"mode"`
+	MessageCount    *float64  `yaml:"messageCount"`
+	Kind            *string   `yaml:"kind"`
+	PanicWindow     *Duration `yaml:"panicWindow"`
+	ScaleUpFactor   *float64  `yaml:"scaleUpFactor"`
+	ScaleUpPods     *int      `yaml:"scaleUpPods"`
+	ScaleUpPeriod   *Duration `yaml:"scaleUpPeriod"`
+	StallDeliveries *int      `yaml:"stallDeliveries"`
+	MaxFailureRate  *float64  `yaml:"maxFailureRate"`
+	DeadLetterAfter *int      `yaml:"deadLetterAfter"`
+	LockDuration    *Duration `yaml:"lockDuration"`
+	PodStartup      *Duration `yaml:"podStartup"`
 }
 
 // BuiltinDefaults are the parameters used where neither the config nor the
-// trigger says otherwise. Prefetch 8 / concurrency 4 is the cpu-bound
-// starting point of MassTransit-style consumers.
-func BuiltinDefaults() policy.Params {
-	return policy.Params{
-		MinReplicas:       0,
-		MaxReplicas:       50,
-		TargetAge:         30 * time.Second,
-		Concurrency:       4,
-		Prefetch:          8,
-		ProcessingTime:    100 * time.Millisecond,
-		TargetUtilization: 0.8,
-		ScaleDownCooldown: 5 * time.Minute,
-		ActivationDepth:   0,
-		RateWindow:        time.Minute,
-	}
-}
+// trigger says otherwise: the policy's own defaults.
+func BuiltinDefaults() policy.Params { return policy.DefaultParams() }
 
 // Apply returns base with every set field of p written over it.
 func (p Profile) Apply(base policy.Params) policy.Params {
@@ -138,7 +149,25 @@ func (p Profile) Apply(base policy.Params) policy.Params {
 	setDur(&base.ScaleDownCooldown, p.ScaleDownCooldown)
 	setFloat(&base.ActivationDepth, p.ActivationDepth)
 	setDur(&base.RateWindow, p.RateWindow)
+	setString(&base.Mode, p.Mode)
+	setFloat(&base.MessageCount, p.MessageCount)
+	setString(&base.Kind, p.Kind)
+	setDur(&base.PanicWindow, p.PanicWindow)
+	setFloat(&base.ScaleUpFactor, p.ScaleUpFactor)
+	setInt(&base.ScaleUpPods, p.ScaleUpPods)
+	setDur(&base.ScaleUpPeriod, p.ScaleUpPeriod)
+	setInt(&base.StallDeliveries, p.StallDeliveries)
+	setFloat(&base.MaxFailureRate, p.MaxFailureRate)
+	setInt(&base.DeadLetterAfter, p.DeadLetterAfter)
+	setDur(&base.LockDuration, p.LockDuration)
+	setDur(&base.PodStartup, p.PodStartup)
 	return base
+}
+
+func setString(dst *string, v *string) {
+	if v != nil {
+		*dst = *v
+	}
 }
 
 func setInt(dst *int, v *int) {
@@ -203,7 +232,7 @@ func Parse(data []byte, lookupEnv func(string) (string, bool), readFile func(str
 		return nil, err
 	}
 	// Defaults go in first so that an explicit zero stays zero and is refused.
-	c := Config{Server: defaultServer(), raw: bytes.Clone(data)}
+	c := Config{Server: defaultServer(), Queries: DefaultQueries(), raw: bytes.Clone(data)}
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
@@ -212,6 +241,7 @@ func Parse(data []byte, lookupEnv func(string) (string, bool), readFile func(str
 	errs := c.Server.validate()
 	errs = append(errs, c.resolveConnections(lookupEnv, readFile)...)
 	errs = append(errs, c.Policy.validate()...)
+	errs = append(errs, c.Queries.validate()...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -253,7 +283,7 @@ func defaultServer() Server {
 		ReadTimeout:         Duration(2 * time.Second),
 		StaleAfter:          Duration(time.Minute),
 		ReadCacheTTL:        Duration(time.Second),
-		StreamCheckInterval: Duration(time.Second),
+		StreamCheckInterval: Duration(500 * time.Millisecond),
 		ShutdownTimeout:     Duration(10 * time.Second),
 	}
 }
@@ -275,7 +305,7 @@ func (s *Server) validate() []error {
 }
 
 // ConnectionTypes are the supported `type` values of a connection.
-var ConnectionTypes = []string{"redis"}
+var ConnectionTypes = []string{"redis", "prometheus"}
 
 func (c *Config) resolveConnections(lookupEnv func(string) (string, bool), readFile func(string) ([]byte, error)) []error {
 	var errs []error
@@ -285,6 +315,11 @@ func (c *Config) resolveConnections(lookupEnv func(string) (string, bool), readF
 		switch conn.Type {
 		case "redis":
 			errs = append(errs, validateRedisURL(field+".url", conn.URL)...)
+			for _, f := range conn.prometheusOnly() {
+				errs = append(errs, fmt.Errorf("%s.%s: only prometheus connections take it", field, f))
+			}
+		case "prometheus":
+			errs = append(errs, conn.validatePrometheus(field, c.Server.ReadTimeout, lookupEnv, readFile)...)
 		default:
 			errs = append(errs, fmt.Errorf("%s.type = %q: must be one of %s", field, conn.Type, strings.Join(ConnectionTypes, ", ")))
 		}

@@ -95,6 +95,29 @@ policy:
 			},
 		},
 		{
+			name: "policy keys of the control law",
+			yaml: `
+policy:
+  defaults: {mode: canary, messageCount: 0, kind: gpu-bound, panicWindow: 500ms, scaleUpFactor: 0.5}
+  profiles:
+    p: {scaleUpPods: 0, scaleUpPeriod: 0s, stallDeliveries: 1, maxFailureRate: 2, deadLetterAfter: -1, lockDuration: -1s, podStartup: -1s}
+`,
+			want: []string{
+				`policy.defaults.mode = "canary": must be flowscaler or shadow`,
+				`policy.defaults.messageCount = "0": must be > 0`,
+				`policy.defaults.kind = "gpu-bound": must be cpu-bound, io-bound or memory-heavy`,
+				`policy.defaults.panicWindow = "500ms": must be >= 1s`,
+				`policy.defaults.scaleUpFactor = "0.5": must be between 1 and 1000`,
+				`policy.profiles.p.scaleUpPods = "0": must be between 1 and 10000`,
+				`policy.profiles.p.scaleUpPeriod = "0s": must be >= 1s`,
+				`policy.profiles.p.stallDeliveries = "1": must be >= 2`,
+				`policy.profiles.p.maxFailureRate = "2": must be > 0 and <= 1`,
+				`policy.profiles.p.deadLetterAfter = "-1": must be >= 0 (0: unknown)`,
+				`policy.profiles.p.lockDuration = "-1s": must be >= 0 (0: unknown)`,
+				`policy.profiles.p.podStartup = "-1s": must be >= 0`,
+			},
+		},
+		{
 			name: "a duration without a unit",
 			yaml: "policy:\n  defaults:\n    targetAge: 30\n",
 			want: []string{`"30": must be a duration like 30s`},

@@ -91,6 +91,42 @@ func (p Profile) Validate(prefix string) []error {
 	if v := p.RateWindow; v != nil && time.Duration(*v) < 2*time.Second {
 		bad("rateWindow", *v, "must be >= 2s")
 	}
+	if v := p.Mode; v != nil && *v != policy.ModeFlowscaler && *v != policy.ModeShadow {
+		bad("mode", *v, "must be flowscaler or shadow")
+	}
+	if v := p.MessageCount; v != nil && !(*v > 0) {
+		bad("messageCount", *v, "must be > 0")
+	}
+	if v := p.Kind; v != nil && *v != "" && *v != policy.KindCPUBound && *v != policy.KindIOBound && *v != policy.KindMemoryHeavy {
+		bad("kind", *v, "must be cpu-bound, io-bound or memory-heavy")
+	}
+	if v := p.PanicWindow; v != nil && time.Duration(*v) < time.Second {
+		bad("panicWindow", *v, "must be >= 1s")
+	}
+	if v := p.ScaleUpFactor; v != nil && !(*v >= 1 && *v <= 1000) {
+		bad("scaleUpFactor", *v, "must be between 1 and 1000")
+	}
+	if v := p.ScaleUpPods; v != nil && (*v < 1 || *v > MaxReplicasLimit) {
+		bad("scaleUpPods", *v, fmt.Sprintf("must be between 1 and %d", MaxReplicasLimit))
+	}
+	if v := p.ScaleUpPeriod; v != nil && time.Duration(*v) < time.Second {
+		bad("scaleUpPeriod", *v, "must be >= 1s")
+	}
+	if v := p.StallDeliveries; v != nil && *v < 2 {
+		bad("stallDeliveries", *v, "must be >= 2")
+	}
+	if v := p.MaxFailureRate; v != nil && !(*v > 0 && *v <= 1) {
+		bad("maxFailureRate", *v, "must be > 0 and <= 1")
+	}
+	if v := p.DeadLetterAfter; v != nil && *v < 0 {
+		bad("deadLetterAfter", *v, "must be >= 0 (0: unknown)")
+	}
+	if v := p.LockDuration; v != nil && *v < 0 {
+		bad("lockDuration", *v, "must be >= 0 (0: unknown)")
+	}
+	if v := p.PodStartup; v != nil && *v < 0 {
+		bad("podStartup", *v, "must be >= 0")
+	}
 	return errs
 }
 
