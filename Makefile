@@ -10,7 +10,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 # Packages the policy must never reach, directly or not: it is pure.
 IO_PACKAGES := ^(net|net/.*|os/exec|google\.golang\.org/grpc.*|github\.com/redis/.*|github\.com/Azure/.*|github\.com/prometheus/.*)$$
 
-.PHONY: all build demo test deps vet check-policy-pure unit fuzz-short fuzz conformance clean
+.PHONY: all build demo test deps vet check-policy-pure unit fuzz-short fuzz conformance rules-test deploy-test clean
 
 all: build
 
@@ -20,7 +20,7 @@ build:
 demo:
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/flowscaler demo
 
-test: deps vet check-policy-pure unit fuzz-short conformance
+test: deps vet check-policy-pure unit fuzz-short conformance rules-test deploy-test
 
 deps:
 	bash test/deps.sh
@@ -48,6 +48,8 @@ fuzz-short fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecide$$' -fuzztime=$(FUZZTIME) ./policy/
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./scaler/config/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseObject$$' -fuzztime=$(FUZZTIME) ./scaler/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseMetrics$$' -fuzztime=$(FUZZTIME) ./scaler/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseCSV$$' -fuzztime=$(FUZZTIME) ./cmd/flowscaler/internal/simulate/
 
 fuzz: FUZZTIME = 5m
 
@@ -55,6 +57,19 @@ fuzz: FUZZTIME = 5m
 # module keeps the main module's dependencies lean.
 conformance:
 	cd test/keda && $(GO) test -count=1 ./...
+
+# The alert rules: promtool's syntax check, then every rule's unit tests
+# (each fires in one case and stays quiet in another).
+rules-test:
+	promtool check rules deploy/rules/*.yml
+	promtool test rules deploy/rules/tests/*.yml
+
+# The Helm chart, rendered with Helm's SDK and checked against the
+# Kubernetes, KEDA and Prometheus Operator types, its config against
+# flowscaler's loader, the examples, dashboard and runbook links; its own
+# module keeps Helm out of the main module.
+deploy-test:
+	cd test/deploy && $(GO) vet ./... && CI=$${CI:-} $(GO) test -count=1 ./...
 
 clean:
 	rm -rf bin

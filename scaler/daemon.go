@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"sort"
@@ -64,15 +65,28 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	if err := redis.SetConnections(redisConnections(cfg)); err != nil {
 		return err
 	}
+	prom := sources.NewPrometheusQuerier(sources.PrometheusOptions{})
+	defer prom.Close()
+	if err := prom.SetConnections(prometheusConnections(cfg)); err != nil {
+		return err
+	}
+	promInstrumented, err := sources.InstrumentInstant(prom, reg)
+	if err != nil {
+		return err
+	}
+	// Every PromQL query, depth or consumer metric, is shared by all the
+	// objects that ask it for queries.cacheTTL.
+	promReader := sources.NewPrometheusReader(sources.CoalesceInstant(promInstrumented, time.Duration(cfg.Queries.CacheTTL), time.Now), time.Now)
 	instrumented, err := sources.Instrument(Route(map[sources.Kind]Reader{
 		sources.RedisList:   redis,
 		sources.RedisStream: redis,
+		sources.Prometheus:  promReader,
 	}), reg)
 	if err != nil {
 		return err
 	}
 	reader := sources.Coalesce(instrumented, time.Duration(cfg.Server.ReadCacheTTL), time.Now)
-	srv, err := New(Options{Reader: reader, Config: cfg, Metrics: metrics, Logger: log})
+	srv, err := New(Options{Reader: reader, MetricsReader: promReader, Config: cfg, Metrics: metrics, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -116,6 +130,10 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			interval = 2 * time.Second
 		}
 		go config.Watch(ctx, o.ConfigPath, interval, cfg, func(c *config.Config) {
+			if err := prom.SetConnections(prometheusConnections(c)); err != nil {
+				reloadFailed(log, metrics, o.ConfigPath, err)
+				return
+			}
 			if err := redis.SetConnections(redisConnections(c)); err != nil {
 				reloadFailed(log, metrics, o.ConfigPath, err)
 				return
@@ -198,6 +216,31 @@ func redisConnections(c *config.Config) map[string]sources.RedisConnection {
 	return out
 }
 
+func prometheusConnections(c *config.Config) map[string]sources.PrometheusConnection {
+	out := map[string]sources.PrometheusConnection{}
+	for name, conn := range c.Connections {
+		if conn.Type != "prometheus" {
+			continue
+		}
+		pc := sources.PrometheusConnection{
+			URL:             conn.URL,
+			BearerToken:     conn.BearerToken(),
+			BearerTokenFile: conn.BearerTokenFile,
+			Username:        conn.Username,
+			Password:        conn.Password(),
+			TLS: sources.PrometheusTLS{
+				CAFile: conn.TLS.CAFile, CertFile: conn.TLS.CertFile, KeyFile: conn.TLS.KeyFile,
+				ServerName: conn.TLS.ServerName, InsecureSkipVerify: conn.TLS.InsecureSkipVerify,
+			},
+		}
+		if conn.Timeout != nil {
+			pc.Timeout = time.Duration(*conn.Timeout)
+		}
+		out[name] = pc
+	}
+	return out
+}
+
 // Route sends each query to the reader registered for its kind: the one
 // place where source kinds meet their implementations.
 func Route(readers map[sources.Kind]Reader) Reader { return router(readers) }
@@ -257,6 +300,40 @@ type ExplainedDecision struct {
 	CooldownSec    float64  `json:"cooldownSeconds"`
 	ReadingAgeSec  float64  `json:"readingAgeSeconds"`
 	Stale          bool     `json:"stale,omitempty"`
+	// ConsumptionRate is messages per second, from consumer metrics or counters.
+	ConsumptionRate *float64 `json:"consumptionRate"`
+	// SteadySlots (λ·W ÷ u) and DrainSlots ((B ÷ T)·W·urgency) are the two
+	// terms of the target, in busy slots.
+	SteadySlots float64             `json:"steadySlots"`
+	DrainSlots  float64             `json:"drainSlots"`
+	Consumers   *ExplainedConsumers `json:"consumerMetrics,omitempty"`
+}
+
+// ExplainedConsumers are the consumer metrics behind a decision.
+type ExplainedConsumers struct {
+	Source          string          `json:"source"`
+	ProcessingTime  ExplainedMetric `json:"processingTimeSeconds"`
+	ProcessingP95   ExplainedMetric `json:"processingTimeP95Seconds"`
+	ConsumptionRate ExplainedMetric `json:"consumptionRate"`
+	FailureRate     ExplainedMetric `json:"failureRate"`
+	ReadyPods       ExplainedMetric `json:"readyPods"`
+}
+
+// ExplainedMetric is one consumer metric: its value (null when unknown),
+// where it came from, and why it was not freshly measured.
+type ExplainedMetric struct {
+	Value  *float64 `json:"value"`
+	From   string   `json:"from,omitempty"`
+	AgeSec float64  `json:"ageSeconds,omitempty"`
+	Why    string   `json:"why,omitempty"`
+}
+
+func explainMetric(m MetricInput) ExplainedMetric {
+	e := ExplainedMetric{From: m.From, AgeSec: m.Age.Seconds(), Why: m.Why}
+	if v := m.Value; !math.IsNaN(v) {
+		e.Value = &v
+	}
+	return e
 }
 
 // Explain turns evaluations into their JSON form, sorted by object.
@@ -280,6 +357,21 @@ func Explain(evs []Evaluation, now time.Time) []ExplainedDecision {
 		}
 		if r := d.Terms.ArrivalRate; r == r { // not NaN
 			e.ArrivalRate = &r
+		}
+		if r := d.Terms.ConsumptionRate; !math.IsNaN(r) {
+			e.ConsumptionRate = &r
+		}
+		e.SteadySlots, e.DrainSlots = d.Terms.SteadySlots, d.Terms.DrainSlots
+		if c := ev.Consumers; c != nil {
+			e.ProcessingFrom = c.ProcessingTime.From
+			e.Consumers = &ExplainedConsumers{
+				Source:          c.Source,
+				ProcessingTime:  explainMetric(c.ProcessingTime),
+				ProcessingP95:   explainMetric(c.ProcessingP95),
+				ConsumptionRate: explainMetric(c.ConsumptionRate),
+				FailureRate:     explainMetric(c.FailureRate),
+				ReadyPods:       explainMetric(c.ReadyPods),
+			}
 		}
 		out = append(out, e)
 	}

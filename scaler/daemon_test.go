@@ -175,6 +175,9 @@ func TestDaemonRedisStreamOutageAndRecovery(t *testing.T) {
 	if !strings.Contains(metrics, `flowscaler_stale_answers_total{namespace="shop",scaledobject="orders"}`) {
 		t.Error("/metrics lacks the staleness counter")
 	}
+	if !strings.Contains(metrics, `flowscaler_decision_reason{namespace="shop",reason="stale",scaledobject="orders"} 1`) {
+		t.Error("/metrics does not mark the decision as stale")
+	}
 
 	rs.Start() // an empty Redis, as after a restart without persistence
 	seedOldBacklog(t, rs.Client(t))
@@ -227,6 +230,9 @@ func TestDaemonHealthReadinessAndReload(t *testing.T) {
 		`flowscaler_grpc_requests_total{code="OK",method="GetMetrics"}`,
 		`flowscaler_source_read_duration_seconds_count`,
 		`flowscaler_config_last_reload_successful 1`,
+		`flowscaler_decision_reason{namespace="shop",reason="scale-up",scaledobject="jobs"} 1`,
+		`flowscaler_decision_reason{namespace="shop",reason="steady",scaledobject="jobs"} 0`,
+		`flowscaler_max_replicas{namespace="shop",scaledobject="jobs"} 50`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -22,8 +22,10 @@ type Object struct {
 	Name       string
 	MetricName string
 	Query      sources.Query
-	Profile    string
-	Params     policy.Params
+	// Metrics are the consumer metrics read next to Query; nil for none.
+	Metrics *sources.MetricsQuery
+	Profile string
+	Params  policy.Params
 	// ID tells apart two objects with the same name but different metadata
 	// (two triggers, or an edited ScaledObject): each keeps its own state.
 	ID string
@@ -51,6 +53,26 @@ var overrideKeys = map[string]func(*config.Profile, string) error{
 	"rateWindow":        durKey(func(p *config.Profile, v config.Duration) { p.RateWindow = &v }),
 	"targetUtilization": floatKey(func(p *config.Profile, v float64) { p.TargetUtilization = &v }),
 	"activationDepth":   floatKey(func(p *config.Profile, v float64) { p.ActivationDepth = &v }),
+	"mode":              strKey(func(p *config.Profile, v string) { p.Mode = &v }),
+	"messageCount":      floatKey(func(p *config.Profile, v float64) { p.MessageCount = &v }),
+	"kind":              strKey(func(p *config.Profile, v string) { p.Kind = &v }),
+	"panicWindow":       durKey(func(p *config.Profile, v config.Duration) { p.PanicWindow = &v }),
+	"scaleUpFactor":     floatKey(func(p *config.Profile, v float64) { p.ScaleUpFactor = &v }),
+	"scaleUpPods":       intKey(func(p *config.Profile, v int) { p.ScaleUpPods = &v }),
+	"scaleUpPeriod":     durKey(func(p *config.Profile, v config.Duration) { p.ScaleUpPeriod = &v }),
+	"stallDeliveries":   intKey(func(p *config.Profile, v int) { p.StallDeliveries = &v }),
+	"maxFailureRate":    floatKey(func(p *config.Profile, v float64) { p.MaxFailureRate = &v }),
+	"deadLetterAfter":   intKey(func(p *config.Profile, v int) { p.DeadLetterAfter = &v }),
+	"lockDuration":      durKey(func(p *config.Profile, v config.Duration) { p.LockDuration = &v }),
+	"podStartup":        durKey(func(p *config.Profile, v config.Duration) { p.PodStartup = &v }),
+}
+
+// strKey sets a string key; its rule is checked by Profile.Validate.
+func strKey(set func(*config.Profile, string)) func(*config.Profile, string) error {
+	return func(p *config.Profile, s string) error {
+		set(p, s)
+		return nil
+	}
 }
 
 // sourceKeys are the keys that say what to read.
@@ -103,18 +125,21 @@ func ParseObject(cfg *config.Config, namespace, name string, md map[string]strin
 		switch {
 		case len(v) > maxMetadataValue:
 			errs = append(errs, fmt.Errorf("%s: value of %d bytes: must be at most %d", k, len(v), maxMetadataValue))
-		case kedaKeys[k] || sourceKeys[k]:
+		case kedaKeys[k] || sourceKeys[k] || prometheusKeys[k]:
 		case overrideKeys[k] != nil:
 			if err := overrideKeys[k](&over, v); err != nil {
 				errs = append(errs, fmt.Errorf("%s = %q: %w", k, v, err))
 			}
 		default:
-			errs = append(errs, fmt.Errorf("%s: unknown key: must be one of %s", k, strings.Join(knownKeys(), ", ")))
+			errs = append(errs, fmt.Errorf("%s = %q: unknown key: must be one of %s", k, v, strings.Join(knownKeys(), ", ")))
 		}
 	}
 	q, qerrs := parseQuery(cfg, md)
 	obj.Query = q
 	errs = append(errs, qerrs...)
+	mq, merrs := parseMetrics(cfg, md, q)
+	obj.Metrics = mq
+	errs = append(errs, merrs...)
 
 	obj.Profile = md["policy"]
 	base, err := cfg.Params(obj.Profile)
@@ -155,15 +180,24 @@ func parseQuery(cfg *config.Config, md map[string]string) (sources.Query, []erro
 	switch q.Kind {
 	case sources.RedisList:
 		q.Name = need("list")
-		forbid("stream", "group")
+		forbid("stream", "group", "depthQuery")
 		connType = "redis"
 	case sources.RedisStream:
 		q.Name = need("stream")
 		q.Group = need("group")
-		forbid("list")
+		forbid("list", "depthQuery")
 		connType = "redis"
+	case sources.Prometheus:
+		// The depth of a broker only an exporter can see, as one PromQL value.
+		if q.Name = need("depthQuery"); q.Name != "" {
+			if err := config.CheckPromQL(q.Name); err != nil {
+				errs = append(errs, fmt.Errorf("depthQuery = %q: %w", q.Name, err))
+			}
+		}
+		forbid("list", "stream", "group")
+		connType = "prometheus"
 	default:
-		errs = append(errs, fmt.Errorf("source = %q: must be one of %s, %s", md["source"], sources.RedisList, sources.RedisStream))
+		errs = append(errs, fmt.Errorf("source = %q: must be one of %s, %s, %s", md["source"], sources.RedisList, sources.RedisStream, sources.Prometheus))
 	}
 	conn, ok := cfg.Connections[q.Connection]
 	switch {
@@ -188,6 +222,9 @@ func connectionNames(cfg *config.Config) string {
 func knownKeys() []string {
 	var keys []string
 	for k := range sourceKeys {
+		keys = append(keys, k)
+	}
+	for k := range prometheusKeys {
 		keys = append(keys, k)
 	}
 	for k := range overrideKeys {

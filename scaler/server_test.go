@@ -191,22 +191,19 @@ func TestNoGoodReadingYetIsUnavailable(t *testing.T) {
 	}
 }
 
-// The scale-down cooldown is held across calls: the server keeps the state.
+// The policy's state is kept across calls: the scale-up limit starts from
+// the target served before (×2 or +4 per 15s).
 func TestCooldownAcrossCalls(t *testing.T) {
 	srv, rd, clk := newTestServer(t)
 	r := ref(stream("processingTime", "1s", "targetAge", "10s", "concurrency", "1", "scaleDownCooldown", "2m"))
-	rd.set(100, nil)
-	if v, _ := metricValue(t, srv, r); v != 10 {
-		t.Fatalf("peak = %v, want 10", v)
-	}
 	rd.set(10, nil)
-	clk.Add(time.Minute)
-	if v, _ := metricValue(t, srv, r); v != 10 {
-		t.Fatalf("inside cooldown = %v, want 10 held", v)
+	if v, _ := metricValue(t, srv, r); v != 1 {
+		t.Fatalf("first = %v, want 1", v)
 	}
-	clk.Add(61 * time.Second)
-	if v, _ := metricValue(t, srv, r); v >= 10 {
-		t.Fatalf("after cooldown = %v, want below 10", v)
+	rd.set(1000, nil)
+	clk.Add(time.Second)
+	if v, _ := metricValue(t, srv, r); v != 5 {
+		t.Fatalf("after the backlog grew = %v, want 5 (1 + 4, the scale-up limit from the kept state)", v)
 	}
 }
 
@@ -292,14 +289,14 @@ func TestStreamIsActiveBadMetadata(t *testing.T) {
 func TestSetConfigKeepsState(t *testing.T) {
 	srv, rd, clk := newTestServer(t)
 	r := ref(stream("processingTime", "1s", "targetAge", "10s", "concurrency", "1", "scaleDownCooldown", "5m"))
-	rd.set(100, nil)
-	if v, _ := metricValue(t, srv, r); v != 10 {
-		t.Fatalf("peak = %v", v)
+	rd.set(10, nil)
+	if v, _ := metricValue(t, srv, r); v != 1 {
+		t.Fatalf("first = %v", v)
 	}
 	srv.SetConfig(testConfig(t))
-	rd.set(0, nil)
+	rd.set(1000, nil)
 	clk.Add(time.Second)
-	if v, _ := metricValue(t, srv, r); v != 10 {
-		t.Fatalf("after reload = %v, want the held 10", v)
+	if v, _ := metricValue(t, srv, r); v != 5 {
+		t.Fatalf("after reload = %v, want 5: the scale-up limit from the kept state", v)
 	}
 }

@@ -3,6 +3,7 @@ package sources
 import (
 	"context"
 	"errors"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -25,123 +26,174 @@ var _ Reader = (*coalesced)(nil)
 // does not fail everyone, and the read stays bounded as long as that
 // caller had a deadline (Reader implementations need one).
 func Coalesce(r Reader, ttl time.Duration, now func() time.Time) Reader {
-	if now == nil {
-		now = time.Now
-	}
-	return &coalesced{next: r, ttl: ttl, now: now, cache: map[Query]cached{}}
+	return &coalesced{shared: newShared(r.Read, flightKey, ttl, now)}
 }
 
 type coalesced struct {
-	next  Reader
+	shared *shared[Query, Reading]
+}
+
+func (c *coalesced) Read(ctx context.Context, q Query) (Reading, error) {
+	return c.shared.do(ctx, q)
+}
+
+// shared runs one read per key for all concurrent callers and caches
+// successful results for ttl: the rules of Coalesce, for any comparable key.
+type shared[K comparable, V any] struct {
+	read  func(context.Context, K) (V, error)
+	key   func(K) string // collision-free: singleflight keys are strings
 	ttl   time.Duration
 	now   func() time.Time
 	group singleflight.Group
 
 	mu    sync.Mutex
-	cache map[Query]cached
+	cache map[K]cached[V]
 }
 
-type cached struct {
-	reading Reading
-	at      time.Time
+type cached[V any] struct {
+	value V
+	at    time.Time
 }
 
 // flightResult is what a shared read returns to every waiter.
-type flightResult struct {
-	reading Reading
+type flightResult[V any] struct {
+	value V
 	// expired is set when the shared read failed because the deadline it
 	// inherited from its first caller passed: a waiter with a later
 	// deadline may try again rather than inherit someone else's timeout.
 	expired bool
+	// deadline is the deadline the shared read ran with.
+	deadline time.Time
 }
 
-func (c *coalesced) Read(ctx context.Context, q Query) (Reading, error) {
-	if err := ctx.Err(); err != nil {
-		return Reading{}, err
+func newShared[K comparable, V any](read func(context.Context, K) (V, error), key func(K) string, ttl time.Duration, now func() time.Time) *shared[K, V] {
+	if now == nil {
+		now = time.Now
 	}
-	if rd, ok := c.lookup(q); ok {
-		return rd, nil
+	return &shared[K, V]{read: read, key: key, ttl: ttl, now: now, cache: map[K]cached[V]{}}
+}
+
+func (s *shared[K, V]) do(ctx context.Context, k K) (V, error) {
+	var zero V
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	if v, ok := s.lookup(k, maxAgeOf(ctx)); ok {
+		return v, nil
 	}
 	// One retry at most: enough for a waiter that joined a read started by a
 	// caller with a nearly spent deadline, without looping on a slow broker.
 	for attempt := 0; ; attempt++ {
-		ch := c.group.DoChan(flightKey(q), func() (any, error) {
-			return c.shared(ctx, q)
+		ch := s.group.DoChan(s.key(k), func() (any, error) {
+			return s.flight(ctx, k)
 		})
 		select {
 		case <-ctx.Done():
-			return Reading{}, ctx.Err()
+			return zero, ctx.Err()
 		case res := <-ch:
-			fr, _ := res.Val.(flightResult)
-			if res.Err != nil && fr.expired && attempt == 0 && ctx.Err() == nil {
+			fr, _ := res.Val.(flightResult[V])
+			if res.Err != nil && fr.expired && attempt == 0 && ctx.Err() == nil && laterDeadline(ctx, fr.deadline) {
 				continue
 			}
-			return fr.reading, res.Err
+			return fr.value, res.Err
 		}
 	}
 }
 
-// shared is the underlying read run once for all waiters of a flight.
-func (c *coalesced) shared(callerCtx context.Context, q Query) (any, error) {
+// flight is the underlying read run once for all waiters of a flight.
+func (s *shared[K, V]) flight(callerCtx context.Context, k K) (any, error) {
 	// A read that finished just before this flight started has already
 	// filled the cache.
-	if rd, ok := c.lookup(q); ok {
-		return flightResult{reading: rd}, nil
+	if v, ok := s.lookup(k, maxAgeOf(callerCtx)); ok {
+		return flightResult[V]{value: v}, nil
 	}
 	ctx := context.WithoutCancel(callerCtx)
-	if dl, ok := callerCtx.Deadline(); ok {
+	dl, hasDeadline := callerCtx.Deadline()
+	if hasDeadline {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, dl)
 		defer cancel()
 	}
-	rd, err := c.next.Read(ctx, q)
+	v, err := s.read(ctx, k)
 	if err != nil {
-		return flightResult{expired: errors.Is(ctx.Err(), context.DeadlineExceeded)}, err
+		return flightResult[V]{expired: errors.Is(ctx.Err(), context.DeadlineExceeded), deadline: dl}, err
 	}
-	c.store(q, rd)
-	return flightResult{reading: rd}, nil
+	s.store(k, v)
+	return flightResult[V]{value: v}, nil
 }
 
-func (c *coalesced) lookup(q Query) (Reading, bool) {
-	if c.ttl <= 0 {
-		return Reading{}, false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.cache[q]
-	if !ok || c.now().Sub(e.at) >= c.ttl {
-		return Reading{}, false
-	}
-	return e.reading, true
+// laterDeadline reports whether ctx may outlive a read that expired at dl:
+// it has no deadline, or a later one. The caller that started the read has
+// the same deadline and must not retry, even when the read's timer fires
+// before its own.
+func laterDeadline(ctx context.Context, dl time.Time) bool {
+	own, ok := ctx.Deadline()
+	return !ok || own.After(dl)
 }
 
-func (c *coalesced) store(q Query, rd Reading) {
-	if c.ttl <= 0 {
+// lookup returns a cached value younger than both the TTL and maxAge.
+func (s *shared[K, V]) lookup(k K, maxAge time.Duration) (V, bool) {
+	var zero V
+	ttl := min(s.ttl, maxAge)
+	if ttl <= 0 {
+		return zero, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.cache[k]
+	if !ok || s.now().Sub(e.at) >= ttl {
+		return zero, false
+	}
+	return e.value, true
+}
+
+func (s *shared[K, V]) store(k K, v V) {
+	if s.ttl <= 0 {
 		return
 	}
-	now := c.now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	// Sweep on write so queries that are no longer polled (a deleted
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Sweep on write so keys that are no longer polled (a deleted
 	// ScaledObject) do not stay in memory; the map is as small as the
 	// number of watched queues, so a full pass is cheap.
-	for k, e := range c.cache {
-		if now.Sub(e.at) >= c.ttl {
-			delete(c.cache, k)
+	for key, e := range s.cache {
+		if now.Sub(e.at) >= s.ttl {
+			delete(s.cache, key)
 		}
 	}
-	c.cache[q] = cached{reading: rd, at: now}
+	s.cache[k] = cached[V]{value: v, at: now}
 }
 
 // flightKey encodes a Query without collisions: each field is
 // length-prefixed, so no choice of separators inside names can make two
 // different Queries share a key.
 func flightKey(q Query) string {
+	return lengthPrefixed(string(q.Kind), q.Connection, q.Name, q.Group)
+}
+
+func lengthPrefixed(fields ...string) string {
 	var b []byte
-	for _, f := range [...]string{string(q.Kind), q.Connection, q.Name, q.Group} {
+	for _, f := range fields {
 		b = strconv.AppendInt(b, int64(len(f)), 10)
 		b = append(b, ':')
 		b = append(b, f...)
 	}
 	return string(b)
+}
+
+type maxAgeKey struct{}
+
+// WithMaxAge asks the shared readers for a result no older than d, whatever
+// their cache TTL: a caller that must see a change quickly (a push stream
+// checking activity) still shares in-flight reads but not stale ones.
+func WithMaxAge(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, maxAgeKey{}, d)
+}
+
+func maxAgeOf(ctx context.Context) time.Duration {
+	if d, ok := ctx.Value(maxAgeKey{}).(time.Duration); ok {
+		return d
+	}
+	return time.Duration(math.MaxInt64)
 }

@@ -167,6 +167,32 @@ func TestCoalesceCacheExpiry(t *testing.T) {
 	read(2)
 }
 
+// A caller that needs fresh data (a push stream) bounds the cache age for
+// itself only; other callers keep the full TTL.
+func TestCoalesceMaxAge(t *testing.T) {
+	counter, qa, _ := coalesceFixture(t)
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	r := Coalesce(counter, 5*time.Second, clock.Now)
+	ctx := testCtx(t)
+	fresh := WithMaxAge(ctx, 250*time.Millisecond)
+	reads := func(c context.Context, want int64) {
+		t.Helper()
+		if _, err := r.Read(c, qa); err != nil {
+			t.Fatal(err)
+		}
+		if n := counter.n.Load(); n != want {
+			t.Fatalf("%d underlying reads, want %d", n, want)
+		}
+	}
+	reads(ctx, 1)
+	clock.Advance(200 * time.Millisecond)
+	reads(fresh, 1) // 200ms old: fresh enough
+	clock.Advance(100 * time.Millisecond)
+	reads(fresh, 2) // 300ms old: read again
+	clock.Advance(time.Second)
+	reads(ctx, 2) // the plain caller still uses the 5s TTL
+}
+
 func TestCoalesceErrorsNotCached(t *testing.T) {
 	counter, _, _ := coalesceFixture(t)
 	r := Coalesce(counter, time.Minute, (&fakeClock{}).Now)

@@ -1,2 +1,2 @@
-// Package sources reads queue depth, message age and progress counters from brokers.
+// Package sources reads queue depth, message age and progress counters from brokers, and consumer metrics from Prometheus.
 package sources

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/url"
 	"sort"
 	"strings"
@@ -231,10 +232,39 @@ func (r *Redis) Read(ctx context.Context, q Query) (Reading, error) {
 		return Reading{}, fmt.Errorf("%s: kind %q is not a redis kind", q, q.Kind)
 	}
 	if err != nil {
+		if isDialError(err) {
+			r.renew(q.Connection, c)
+		}
 		return Reading{}, fmt.Errorf("%s: %w", q, err)
 	}
 	rd.At = r.opts.Now()
 	return rd, nil
+}
+
+// isDialError reports whether err is a failure to connect at all.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// renew replaces a connection's client after a dial failure. go-redis trips
+// a circuit breaker once a pool has failed to dial PoolSize times and probes
+// only once a second, so a poll in the first second after Redis returns
+// would still fail; a fresh client (no connections to lose: none could be
+// made) makes the first poll after recovery succeed.
+func (r *Redis) renew(name string, failed *redis.Client) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.conns[name]
+	if r.closed || !ok || c.client != failed {
+		return
+	}
+	opt, err := redisClientOptions(name, c.cfg)
+	if err != nil {
+		return
+	}
+	r.conns[name] = &redisConn{cfg: c.cfg, client: redis.NewClient(opt)}
+	go failed.Close() // Close waits for in-flight commands of other callers
 }
 
 func (r *Redis) readList(ctx context.Context, c *redis.Client, q Query) (Reading, error) {
@@ -429,6 +459,12 @@ func redisClientOptions(name string, cfg RedisConnection) (*redis.Options, error
 	// go-redis ignores context deadlines unless told otherwise, and Reader
 	// promises to honour them.
 	opt.ContextTimeoutEnabled = true
+	// Fail fast when Redis is down: the caller polls again within seconds and
+	// serves its last good answer meanwhile, whereas go-redis's own retries
+	// (3 commands × 5 dials with backoff) would spend the whole read timeout
+	// and make every poll during an outage block for it.
+	opt.MaxRetries = -1
+	opt.DialerRetries = 1
 	return opt, nil
 }
 

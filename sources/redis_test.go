@@ -496,6 +496,14 @@ func TestRedisOutageAndRecovery(t *testing.T) {
 		errors.Is(err, ErrStreamNotFound) || errors.Is(err, ErrGroupNotFound) {
 		t.Errorf("stream read during the outage: %v, want a connection error", err)
 	}
+	// Enough failed reads to trip go-redis's dial circuit breaker (PoolSize
+	// failures), which would otherwise fail reads for up to a second after
+	// Redis returns.
+	for range 100 {
+		if _, err := read(); err == nil {
+			t.Fatal("a read succeeded during the outage")
+		}
+	}
 
 	srv.Start()
 	// The restarted server lost its data (no persistence).
