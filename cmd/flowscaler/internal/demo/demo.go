@@ -105,7 +105,8 @@ func Run(ctx context.Context, o Options) error {
 	fmt.Fprintf(o.Out, "flowscaler %s demo on %s (%s). Producer: 60 msg/s for 40s, 10 msg/s until 75s, then none.\n", o.Version, redisURL, kind)
 	fmt.Fprintf(o.Out, "Consumer pods follow flowscaler's target; each pod finishes 20 msg/s. Scale-down cooldown 30s. Ctrl-C stops.\n")
 	fmt.Fprintf(o.Out, "orders is a stream: its counters give the true arrival rate. emails is a list without consumer metrics:\n")
-	fmt.Fprintf(o.Out, "its arrival rate is only a lower bound (depth growth), so it runs behind; consumer metrics from Prometheus fix that.\n\n")
+	fmt.Fprintf(o.Out, "its arrival rate is only a lower bound (depth growth), so it runs behind; consumer metrics from Prometheus fix that.\n")
+	fmt.Fprintf(o.Out, "Explain a decision from another shell: go run ./cmd/flowscaler explain --addr %s demo/orders\n\n", grpcAddr)
 
 	client := pb.NewExternalScalerClient(conn)
 	start := time.Now()
