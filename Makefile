@@ -8,9 +8,9 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 
 # Packages the policy must never reach, directly or not: it is pure.
-IO_PACKAGES := ^(net|net/.*|os/exec|google\.golang\.org/grpc.*|github\.com/redis/.*|github\.com/Azure/.*|github\.com/prometheus/.*)$$
+IO_PACKAGES := ^(net|net/.*|os/exec|google\.golang\.org/grpc.*|github\.com/redis/.*|github\.com/Azure/.*|github\.com/prometheus/.*|go\.opentelemetry\.io/.*)$$
 
-.PHONY: all build demo test deps vet check-policy-pure unit fuzz-short fuzz conformance rules-test deploy-test clean
+.PHONY: all build demo test deps vet check-policy-pure unit fuzz-short fuzz conformance rules-test deploy-test clean proto proto-check
 
 all: build
 
@@ -20,7 +20,7 @@ build:
 demo:
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/flowscaler demo
 
-test: deps vet check-policy-pure unit fuzz-short conformance rules-test deploy-test
+test: deps vet check-policy-pure proto-check unit fuzz-short conformance rules-test deploy-test
 
 deps:
 	bash test/deps.sh
@@ -49,6 +49,7 @@ fuzz-short fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./scaler/config/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseObject$$' -fuzztime=$(FUZZTIME) ./scaler/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseMetrics$$' -fuzztime=$(FUZZTIME) ./scaler/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseServiceBusQuery$$' -fuzztime=$(FUZZTIME) ./scaler/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseCSV$$' -fuzztime=$(FUZZTIME) ./cmd/flowscaler/internal/simulate/
 
 fuzz: FUZZTIME = 5m
@@ -70,6 +71,55 @@ rules-test:
 # module keeps Helm out of the main module.
 deploy-test:
 	cd test/deploy && $(GO) vet ./... && CI=$${CI:-} $(GO) test -count=1 ./...
+
+# flowscaler's own gRPC API (proto/): the generated Go code is checked in.
+# The plugins are pinned so that the output is reproducible: protoc-gen-go
+# at the version of google.golang.org/protobuf in go.mod (proto-check
+# insists), protoc-gen-go-grpc at a release. protoc is Debian's
+# protobuf-compiler (test/deps.sh).
+PROTOC                     ?= protoc
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+PROTO_FILES                := proto/flowscaler/v1/flowscaler.proto
+PROTO_TOOLS                := $(CURDIR)/bin/tools
+PROTOC_GEN_GO              := $(PROTO_TOOLS)/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)/protoc-gen-go
+PROTOC_GEN_GO_GRPC         := $(PROTO_TOOLS)/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)/protoc-gen-go-grpc
+
+$(PROTOC_GEN_GO):
+	GOBIN=$(@D) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(PROTOC_GEN_GO_GRPC):
+	GOBIN=$(@D) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+# protoc-gen-out DIR: generate the Go code of $(PROTO_FILES) under DIR.
+define protoc-gen-out
+	$(PROTOC) -I proto \
+		--plugin=protoc-gen-go=$(PROTOC_GEN_GO) --go_out=$(1) --go_opt=paths=source_relative \
+		--plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=$(1) --go-grpc_opt=paths=source_relative \
+		$(PROTO_FILES)
+endef
+
+proto: $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+	$(call protoc-gen-out,proto)
+
+# Regenerates into a temporary directory and fails when the checked-in code
+# differs. Only the line naming protoc's own version is ignored: another
+# protoc release generates the same code.
+proto-check: $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+	@want=$$($(GO) list -m -f '{{.Version}}' google.golang.org/protobuf); \
+	if [ "$$want" != "$(PROTOC_GEN_GO_VERSION)" ]; then \
+		echo "PROTOC_GEN_GO_VERSION = $(PROTOC_GEN_GO_VERSION): must equal google.golang.org/protobuf in go.mod ($$want)"; exit 1; fi
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(call protoc-gen-out,$$tmp) || exit 1; \
+	status=0; \
+	for f in $$(find "$$tmp" -name '*.pb.go' -printf '%P\n' | sort); do \
+		if [ ! -f "proto/$$f" ]; then echo "proto-check: proto/$$f is missing: run make proto"; status=1; \
+		elif ! diff -u -I '^//.*[[:space:]]protoc[[:space:]]' "proto/$$f" "$$tmp/$$f"; then echo "proto-check: proto/$$f is out of date: run make proto"; status=1; fi; \
+	done; \
+	for f in $$(find proto -name '*.pb.go' | sort); do \
+		if [ ! -f "$$tmp/$${f#proto/}" ]; then echo "proto-check: $$f is generated from nothing: remove it or run make proto"; status=1; fi; \
+	done; \
+	if [ $$status -eq 0 ]; then echo "proto: generated code is up to date"; fi; exit $$status
 
 clean:
 	rm -rf bin

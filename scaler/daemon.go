@@ -17,11 +17,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	flowscalerv1 "github.com/flowscaler/flowscaler/proto/flowscaler/v1"
 	"github.com/flowscaler/flowscaler/scaler/config"
 	"github.com/flowscaler/flowscaler/sources"
 )
@@ -41,6 +43,10 @@ type DaemonOptions struct {
 	HTTPListener net.Listener
 	// OnReady, when set, is called once both servers accept connections.
 	OnReady func(grpcAddr, httpAddr net.Addr)
+	// TracerProvider gets a server span per gRPC call (incoming W3C trace
+	// context is honoured) with the evaluation's spans under it; nil
+	// records none.
+	TracerProvider trace.TracerProvider
 }
 
 // maxRequestBytes bounds one gRPC request: KEDA's largest (a ScaledObjectRef
@@ -70,6 +76,11 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	if err := prom.SetConnections(prometheusConnections(cfg)); err != nil {
 		return err
 	}
+	servicebus := sources.NewServiceBus(sources.ServiceBusOptions{})
+	defer servicebus.Close()
+	if err := servicebus.SetConnections(serviceBusConnections(cfg)); err != nil {
+		return err
+	}
 	promInstrumented, err := sources.InstrumentInstant(prom, reg)
 	if err != nil {
 		return err
@@ -81,12 +92,15 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		sources.RedisList:   redis,
 		sources.RedisStream: redis,
 		sources.Prometheus:  promReader,
+		// One read per entity per readCacheTTL: the Query names the entity.
+		sources.ServiceBusQueue:        servicebus,
+		sources.ServiceBusSubscription: servicebus,
 	}), reg)
 	if err != nil {
 		return err
 	}
 	reader := sources.Coalesce(instrumented, time.Duration(cfg.Server.ReadCacheTTL), time.Now)
-	srv, err := New(Options{Reader: reader, MetricsReader: promReader, Config: cfg, Metrics: metrics, Logger: log})
+	srv, err := New(Options{Reader: reader, MetricsReader: promReader, Config: cfg, Metrics: metrics, Logger: log, TracerProvider: o.TracerProvider})
 	if err != nil {
 		return err
 	}
@@ -100,6 +114,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		grpc.ChainStreamInterceptor(metrics.StreamInterceptor),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 	}
+	if o.TracerProvider != nil {
+		serverOpts = append(serverOpts, grpc.StatsHandler(serverTracing(o.TracerProvider)))
+	}
 	if cfg.Server.TLS.Enabled() {
 		certs, err := newCertReloader(cfg.Server.TLS, log)
 		if err != nil {
@@ -111,6 +128,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 	gs := grpc.NewServer(serverOpts...)
 	pb.RegisterExternalScalerServer(gs, srv)
+	flowscalerv1.RegisterDecisionServiceServer(gs, NewDecisionService(srv))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 
@@ -135,6 +153,10 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 				return
 			}
 			if err := redis.SetConnections(redisConnections(c)); err != nil {
+				reloadFailed(log, metrics, o.ConfigPath, err)
+				return
+			}
+			if err := servicebus.SetConnections(serviceBusConnections(c)); err != nil {
 				reloadFailed(log, metrics, o.ConfigPath, err)
 				return
 			}
@@ -300,6 +322,8 @@ type ExplainedDecision struct {
 	CooldownSec    float64  `json:"cooldownSeconds"`
 	ReadingAgeSec  float64  `json:"readingAgeSeconds"`
 	Stale          bool     `json:"stale,omitempty"`
+	// StaleError is why the latest read failed, while Stale.
+	StaleError string `json:"staleError,omitempty"`
 	// ConsumptionRate is messages per second, from consumer metrics or counters.
 	ConsumptionRate *float64 `json:"consumptionRate"`
 	// SteadySlots (λ·W ÷ u) and DrainSlots ((B ÷ T)·W·urgency) are the two
@@ -307,6 +331,11 @@ type ExplainedDecision struct {
 	SteadySlots float64             `json:"steadySlots"`
 	DrainSlots  float64             `json:"drainSlots"`
 	Consumers   *ExplainedConsumers `json:"consumerMetrics,omitempty"`
+	// DeadLetters and their growth per second, and scheduled messages, for
+	// sources that count them (Service Bus).
+	DeadLetters    *float64 `json:"deadLetterMessages,omitempty"`
+	DeadLetterRate *float64 `json:"deadLetterRate,omitempty"`
+	Scheduled      *float64 `json:"scheduledMessages,omitempty"`
 }
 
 // ExplainedConsumers are the consumer metrics behind a decision.
@@ -362,6 +391,11 @@ func Explain(evs []Evaluation, now time.Time) []ExplainedDecision {
 			e.ConsumptionRate = &r
 		}
 		e.SteadySlots, e.DrainSlots = d.Terms.SteadySlots, d.Terms.DrainSlots
+		e.StaleError = ev.StaleErr
+		e.DeadLetters, e.DeadLetterRate, e.Scheduled = knownFloat(ev.Reading.DeadLetter), knownFloat(ev.DeadLetters.Rate), knownFloat(ev.Reading.Scheduled)
+		if e.DeadLetters == nil {
+			e.DeadLetterRate = nil
+		}
 		if c := ev.Consumers; c != nil {
 			e.ProcessingFrom = c.ProcessingTime.From
 			e.Consumers = &ExplainedConsumers{

@@ -27,6 +27,7 @@ import (
 )
 
 type daemon struct {
+	conn     *grpc.ClientConn
 	client   pb.ExternalScalerClient
 	health   healthpb.HealthClient
 	httpAddr string
@@ -38,6 +39,12 @@ type daemon struct {
 
 // startDaemon runs the whole daemon on loopback ports against cfgYAML.
 func startDaemon(t *testing.T, cfgYAML string) *daemon {
+	t.Helper()
+	return startDaemonWith(t, cfgYAML, func(*DaemonOptions) {})
+}
+
+// startDaemonWith is startDaemon with options of the test's own set by opt.
+func startDaemonWith(t *testing.T, cfgYAML string, opt func(*DaemonOptions)) *daemon {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "flowscaler.yaml")
 	if err := os.WriteFile(path, []byte(cfgYAML), 0o600); err != nil {
@@ -52,14 +59,14 @@ func startDaemon(t *testing.T, cfgYAML string) *daemon {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &daemon{httpAddr: hl.Addr().String(), path: path, cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan struct{})
-	go func() {
-		d.done <- RunDaemon(ctx, DaemonOptions{
-			Config: cfg, ConfigPath: path, ReloadInterval: 20 * time.Millisecond,
-			Logger:       slog.New(slog.NewJSONHandler(io.Discard, nil)),
-			GRPCListener: gl, HTTPListener: hl,
-			OnReady: func(net.Addr, net.Addr) { close(ready) },
-		})
-	}()
+	opts := DaemonOptions{
+		Config: cfg, ConfigPath: path, ReloadInterval: 20 * time.Millisecond,
+		Logger:       slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		GRPCListener: gl, HTTPListener: hl,
+		OnReady: func(net.Addr, net.Addr) { close(ready) },
+	}
+	opt(&opts)
+	go func() { d.done <- RunDaemon(ctx, opts) }()
 	select {
 	case <-ready:
 	case err := <-d.done:
@@ -75,6 +82,7 @@ func startDaemon(t *testing.T, cfgYAML string) *daemon {
 	})
 	d.client = pb.NewExternalScalerClient(conn)
 	d.health = healthpb.NewHealthClient(conn)
+	d.conn = conn
 	return d
 }
 

@@ -125,7 +125,7 @@ func ParseObject(cfg *config.Config, namespace, name string, md map[string]strin
 		switch {
 		case len(v) > maxMetadataValue:
 			errs = append(errs, fmt.Errorf("%s: value of %d bytes: must be at most %d", k, len(v), maxMetadataValue))
-		case kedaKeys[k] || sourceKeys[k] || prometheusKeys[k]:
+		case kedaKeys[k] || sourceKeys[k] || prometheusKeys[k] || serviceBusKeys[k]:
 		case overrideKeys[k] != nil:
 			if err := overrideKeys[k](&over, v); err != nil {
 				errs = append(errs, fmt.Errorf("%s = %q: %w", k, v, err))
@@ -196,9 +196,15 @@ func parseQuery(cfg *config.Config, md map[string]string) (sources.Query, []erro
 		}
 		forbid("list", "stream", "group")
 		connType = "prometheus"
+	case sources.ServiceBusQueue, sources.ServiceBusSubscription:
+		errs = append(errs, parseServiceBusQuery(md, &q)...)
+		forbid("list", "stream", "group", "depthQuery")
+		connType = "servicebus"
 	default:
-		errs = append(errs, fmt.Errorf("source = %q: must be one of %s, %s, %s", md["source"], sources.RedisList, sources.RedisStream, sources.Prometheus))
+		errs = append(errs, fmt.Errorf("source = %q: must be one of %s, %s, %s, %s, %s", md["source"], sources.RedisList, sources.RedisStream, sources.Prometheus,
+			sources.ServiceBusQueue, sources.ServiceBusSubscription))
 	}
+	errs = append(errs, forbidServiceBusKeys(md, q.Kind)...)
 	conn, ok := cfg.Connections[q.Connection]
 	switch {
 	case q.Connection == "":
@@ -225,6 +231,9 @@ func knownKeys() []string {
 		keys = append(keys, k)
 	}
 	for k := range prometheusKeys {
+		keys = append(keys, k)
+	}
+	for k := range serviceBusKeys {
 		keys = append(keys, k)
 	}
 	for k := range overrideKeys {

@@ -104,7 +104,7 @@ func TestParseObjectErrors(t *testing.T) {
 		{"cross-field", stream("minReplicas", "40"), []string{`minReplicas = "40": must be <= maxReplicas (30)`}},
 		{"control-law keys", stream("mode", "canary", "messageCount", "x", "scaleUpPods", "0"), []string{
 			`mode = "canary": must be flowscaler or shadow`, `messageCount = "x": must be a finite number`, `scaleUpPods = "0": must be between 1 and 10000`}},
-		{"unknown key", stream("listLength", "5"), []string{`listLength = "5": unknown key: must be one of activationDepth, concurrency, connection`}},
+		{"unknown key", stream("listLength", "5"), []string{`listLength = "5": unknown key: must be one of activationDepth, aggregation, concurrency, connection`}},
 		{"missing source", map[string]string{"connection": "local"}, []string{`source = "": must be one of redis-list, redis-stream`}},
 		{"stream without group", map[string]string{"source": "redis-stream", "connection": "local", "stream": "s"}, []string{`group = "": required when source is redis-stream`}},
 		{"list key on a stream", stream("list", "jobs"), []string{`list = "jobs": not used by source redis-stream`}},

@@ -38,6 +38,10 @@ type Metrics struct {
 	consumptionRate *prometheus.GaugeVec
 	failureRate     *prometheus.GaugeVec
 	readyPods       *prometheus.GaugeVec
+	// Dead-lettered and scheduled messages, for sources that count them.
+	deadLetter     *prometheus.GaugeVec
+	deadLetterRate *prometheus.GaugeVec
+	scheduled      *prometheus.GaugeVec
 	// ConfigReloads counts reloads by result ("ok" or "error").
 	ConfigReloads *prometheus.CounterVec
 	// ConfigLastReloadOK is 1 when the last reload attempt succeeded.
@@ -94,6 +98,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		failureRate: gauge("flowscaler_failure_rate",
 			"Messages whose processing failed per second, from consumer metrics; absent when unknown."),
 		readyPods: gauge("flowscaler_ready_pods", "Ready consumer pods, from consumer metrics; absent when unknown."),
+		deadLetter: gauge("flowscaler_dead_letter_messages",
+			"Dead-lettered messages of the queue (Service Bus: dead-letter and transfer-dead-letter subqueues); absent when the source has none."),
+		deadLetterRate: gauge("flowscaler_dead_letter_rate",
+			"Growth of the dead-lettered messages per second over the rate window; absent until measurable."),
+		scheduled: gauge("flowscaler_scheduled_messages",
+			"Messages scheduled for later delivery, never counted as backlog; absent when unknown."),
 		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flowscaler_config_reloads_total", Help: "Config reload attempts by result.",
 		}, []string{"result"}),
@@ -106,6 +116,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.rpcTotal, m.rpcDuration, m.stale, m.sourceErrors, m.replicas, m.active, m.depth,
 			m.inFlight, m.oldestAge, m.arrivalRate, m.maxDeliv, m.maxReplicas, m.policyRepl, m.reason, m.hintConc, m.hintPrefetch, m.cooldown,
 			m.processingTime, m.processingP95, m.processingFrom, m.consumptionRate, m.failureRate, m.readyPods,
+			m.deadLetter, m.deadLetterRate, m.scheduled,
 			m.ConfigReloads, m.ConfigLastReloadOK)
 	}
 	return m
@@ -128,6 +139,9 @@ func (m *Metrics) observeDecision(ev Evaluation) {
 	m.policyRepl.With(l).Set(float64(d.Terms.PolicyReplicas))
 	m.setReason(ev.Object, reasonClass(ev))
 	m.observeConsumers(l, ev)
+	setKnown(m.deadLetter, l, ev.Reading.DeadLetter, !math.IsNaN(ev.Reading.DeadLetter))
+	setKnown(m.deadLetterRate, l, ev.DeadLetters.Rate, !math.IsNaN(ev.Reading.DeadLetter) && !math.IsNaN(ev.DeadLetters.Rate))
+	setKnown(m.scheduled, l, ev.Reading.Scheduled, !math.IsNaN(ev.Reading.Scheduled))
 }
 
 // reasonClasses are the values of flowscaler_decision_reason's reason label:
@@ -207,7 +221,8 @@ func (m *Metrics) forget(o Object) {
 	l := prometheus.Labels{"namespace": o.Namespace, "scaledobject": o.Name}
 	for _, v := range []*prometheus.GaugeVec{m.replicas, m.active, m.depth, m.inFlight, m.oldestAge,
 		m.arrivalRate, m.maxDeliv, m.maxReplicas, m.policyRepl, m.hintConc, m.hintPrefetch, m.cooldown,
-		m.processingTime, m.processingP95, m.consumptionRate, m.failureRate, m.readyPods} {
+		m.processingTime, m.processingP95, m.consumptionRate, m.failureRate, m.readyPods,
+		m.deadLetter, m.deadLetterRate, m.scheduled} {
 		v.Delete(l)
 	}
 	m.processingFrom.DeletePartialMatch(l)

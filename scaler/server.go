@@ -11,6 +11,8 @@ import (
 	"time"
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -35,6 +37,9 @@ type Options struct {
 	Logger        *slog.Logger
 	// Now is the clock; tests move it by hand.
 	Now func() time.Time
+	// TracerProvider gets the spans of each evaluation (queue read, metrics
+	// read, decision); nil records none.
+	TracerProvider trace.TracerProvider
 }
 
 // Server implements KEDA's externalscaler service.
@@ -46,6 +51,7 @@ type Server struct {
 	metrics       *Metrics
 	log           *slog.Logger
 	now           func() time.Time
+	tracer        trace.Tracer
 
 	cfg      atomic.Pointer[config.Config]
 	parsed   sync.Map // metadataKey -> parseResult, for the current config
@@ -71,6 +77,11 @@ type objectState struct {
 	last *Evaluation
 	// consumers remembers the last good consumer metrics.
 	consumers consumerMemory
+	// deadLetters remembers dead-letter counts to measure their growth.
+	deadLetters deadLetterMemory
+	// failure is the error of the latest read when it failed; "" after a
+	// good one.
+	failure string
 }
 
 // Evaluation is one decision with what it was made from.
@@ -88,6 +99,9 @@ type Evaluation struct {
 	// Consumers are the consumer metrics behind the decision; nil when the
 	// object reads none.
 	Consumers *ConsumerInputs
+	// DeadLetters are the dead-letter count and growth behind the decision
+	// (Count NaN when the source knows none).
+	DeadLetters DeadLetters
 }
 
 // errNoMetricsReader is the cause given when an object asks for consumer
@@ -124,6 +138,11 @@ func New(opts Options) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	tp := opts.TracerProvider
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	s.tracer = tp.Tracer(tracerName)
 	s.SetConfig(opts.Config)
 	return s, nil
 }
@@ -166,10 +185,19 @@ func (s *Server) parse(ref *pb.ScaledObjectRef) (Object, error) {
 // metrics, when the object reads them, are read alongside; their failure
 // only changes where the processing time comes from (see merge).
 func (s *Server) Evaluate(ctx context.Context, ref *pb.ScaledObjectRef) (Evaluation, error) {
+	return s.evaluate(ctx, ref, s.tracer)
+}
+
+// evaluate is Evaluate with the spans of the reads and the decision made by
+// tr, children of the span in ctx (the gRPC call's), which gets the object
+// and the outcome.
+func (s *Server) evaluate(ctx context.Context, ref *pb.ScaledObjectRef, tr trace.Tracer) (Evaluation, error) {
 	obj, err := s.parse(ref)
 	if err != nil {
 		return Evaluation{}, err
 	}
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(objectAttributes(obj)...)
 	srv := s.cfg.Load().Server
 	st := s.stateOf(obj)
 
@@ -180,9 +208,9 @@ func (s *Server) Evaluate(ctx context.Context, ref *pb.ScaledObjectRef) (Evaluat
 	metricsErr := errNoMetricsReader
 	var wg sync.WaitGroup
 	if obj.Metrics != nil && s.metricsReader != nil {
-		wg.Go(func() { m, metricsErr = s.metricsReader.ReadMetrics(readCtx, *obj.Metrics) })
+		wg.Go(func() { m, metricsErr = s.readConsumerMetrics(readCtx, tr, obj) })
 	}
-	reading, readErr := s.reader.Read(readCtx, obj.Query)
+	reading, readErr := s.readQueue(readCtx, tr, obj)
 	wg.Wait()
 	cancel()
 
@@ -192,10 +220,17 @@ func (s *Server) Evaluate(ctx context.Context, ref *pb.ScaledObjectRef) (Evaluat
 	st.lastUsed = now
 	st.obj = obj
 	if readErr != nil {
-		return s.staleOrFail(ctx, st, readErr, now, time.Duration(srv.StaleAfter))
+		ev, err := s.staleOrFail(ctx, st, readErr, now, time.Duration(srv.StaleAfter))
+		if err == nil {
+			outcome(span, ev)
+		}
+		return ev, err
 	}
+	st.failure = ""
 	if st.last != nil && !st.last.Stale && st.last.Reading.At.Equal(reading.At) {
 		// The same coalesced reading: deciding again would count it twice.
+		span.SetAttributes(attrReused.Bool(true))
+		outcome(span, *st.last)
 		return *st.last, nil
 	}
 	in := inputsOf(reading)
@@ -208,17 +243,22 @@ func (s *Server) Evaluate(ctx context.Context, ref *pb.ScaledObjectRef) (Evaluat
 		ci.apply(&in)
 		consumers = &ci
 	}
-	dec, next := policy.Decide(obj.Params, in, st.state, now)
-	st.state = next
+	dl := st.deadLetters.observe(reading, now, obj.Params.RateWindow)
+	dl.apply(&in)
+	var note string
 	if consumers != nil {
-		dec.Reason += consumers.note()
+		note = consumers.note()
 	}
-	ev := Evaluation{Object: obj, Reading: reading, Decision: dec, DecidedAt: now, Consumers: consumers}
+	note += dl.note()
+	dec, next := decide(ctx, tr, obj, in, st.state, now, note)
+	st.state = next
+	ev := Evaluation{Object: obj, Reading: reading, Decision: dec, DecidedAt: now, Consumers: consumers, DeadLetters: dl}
 	if st.last != nil {
 		ev.Previous = st.last.Decision.Replicas
 	}
 	st.last = &ev
 	s.metrics.observeDecision(ev)
+	outcome(span, ev)
 	s.sweep(now)
 	return ev, nil
 }
@@ -230,6 +270,7 @@ func (s *Server) staleOrFail(ctx context.Context, st *objectState, readErr error
 		return Evaluation{}, status.FromContextError(ctx.Err()).Err()
 	}
 	s.metrics.sourceFailure(st.obj)
+	st.failure = readErr.Error()
 	if st.last != nil {
 		age := now.Sub(st.last.Reading.At)
 		if age <= staleAfter {
@@ -274,18 +315,15 @@ func (s *Server) sweep(now time.Time) {
 	})
 }
 
-// Evaluations lists the latest evaluation of every known object.
+// Evaluations lists the latest evaluation of every object that has had a
+// good reading, marked Stale when the latest read failed.
 func (s *Server) Evaluations() []Evaluation {
 	var out []Evaluation
-	s.objects.Range(func(_, v any) bool {
-		st := v.(*objectState)
-		st.mu.Lock()
-		if st.last != nil {
-			out = append(out, *st.last)
+	for _, o := range s.snapshot() {
+		if o.last != nil {
+			out = append(out, *o.last)
 		}
-		st.mu.Unlock()
-		return true
-	})
+	}
 	return out
 }
 
@@ -356,7 +394,7 @@ func (s *Server) StreamIsActive(ref *pb.ScaledObjectRef, stream pb.ExternalScale
 	var sent *bool
 	for {
 		interval := time.Duration(s.cfg.Load().Server.StreamCheckInterval)
-		ev, err := s.Evaluate(sources.WithMaxAge(ctx, interval/2), ref)
+		ev, err := s.evaluate(sources.WithMaxAge(ctx, interval/2), ref, quietTracer)
 		if err != nil {
 			return err
 		}
@@ -364,6 +402,7 @@ func (s *Server) StreamIsActive(ref *pb.ScaledObjectRef, stream pb.ExternalScale
 			if err := stream.Send(&pb.IsActiveResponse{Result: ev.Decision.Active}); err != nil {
 				return err
 			}
+			pushed(ctx, ev)
 			active := ev.Decision.Active
 			sent = &active
 		}

@@ -169,7 +169,7 @@ func (s *shared[K, V]) store(k K, v V) {
 // length-prefixed, so no choice of separators inside names can make two
 // different Queries share a key.
 func flightKey(q Query) string {
-	return lengthPrefixed(string(q.Kind), q.Connection, q.Name, q.Group)
+	return lengthPrefixed(string(q.Kind), q.Connection, q.Name, q.Group, q.Pattern, q.Aggregation)
 }
 
 func lengthPrefixed(fields ...string) string {

@@ -312,7 +312,7 @@ func TestCoalesceDoneContext(t *testing.T) {
 
 func TestFlightKeyCollisionFree(t *testing.T) {
 	// flightKey lists Query's fields by hand; a new field must be added there.
-	if n := reflect.TypeFor[Query]().NumField(); n != 4 {
+	if n := reflect.TypeFor[Query]().NumField(); n != 6 {
 		t.Fatalf("Query has %d fields; update flightKey and this test", n)
 	}
 	// Pairs that naive joins ("/", ":" or concatenation) would merge.
@@ -328,6 +328,12 @@ func TestFlightKeyCollisionFree(t *testing.T) {
 		{Kind: RedisStream, Connection: "a", Name: "s", Group: "#g"},
 		{Kind: RedisStream, Connection: "", Name: "as"},
 		{Kind: RedisStream, Connection: "as", Name: ""},
+		// Service Bus: a pattern is not a name, and aggregations differ.
+		{Kind: ServiceBusQueue, Connection: "a", Name: "orders-.*"},
+		{Kind: ServiceBusQueue, Connection: "a", Pattern: "orders-.*", Aggregation: AggregateSum},
+		{Kind: ServiceBusQueue, Connection: "a", Pattern: "orders-.*", Aggregation: AggregateMax},
+		{Kind: ServiceBusSubscription, Connection: "a", Name: "t", Group: "s"},
+		{Kind: ServiceBusSubscription, Connection: "a", Name: "t", Pattern: "s"},
 	}
 	seen := map[string]Query{}
 	for _, q := range qs {

@@ -133,6 +133,8 @@ func (r *PrometheusReader) Read(ctx context.Context, q Query) (Reading, error) {
 		OldestPendingIdle: -1,
 		ProducedTotal:     math.NaN(),
 		ConsumedTotal:     math.NaN(),
+		DeadLetter:        math.NaN(),
+		Scheduled:         math.NaN(),
 	}, nil
 }
 

@@ -2,6 +2,7 @@ package sources
 
 import (
 	"context"
+	"strconv"
 	"time"
 )
 
@@ -18,15 +19,27 @@ const (
 type Query struct {
 	Kind       Kind
 	Connection string // name of a connection in flowscaler's config
-	Name       string // list or stream key
-	Group      string // consumer group; streams only
+	Name       string // list or stream key; Service Bus queue, or the topic of subscriptions
+	Group      string // consumer group of a stream; Service Bus subscription
+	// Pattern, when set, is a regular expression over Service Bus entity
+	// names (queues, or the topic's subscriptions) in place of one name,
+	// and Aggregation ("sum", "max" or "avg") combines the matches.
+	Pattern     string
+	Aggregation string
 }
 
-// String is the human form used in logs and reasons, e.g. "redis-stream local/orders#workers".
+// String is the human form used in logs and reasons, e.g. "redis-stream local/orders#workers"
+// or `servicebus-queue bus matching "orders-.*" (sum)`.
 func (q Query) String() string {
-	s := string(q.Kind) + " " + q.Connection + "/" + q.Name
+	s := string(q.Kind) + " " + q.Connection
+	if q.Name != "" || q.Pattern == "" {
+		s += "/" + q.Name
+	}
 	if q.Group != "" {
 		s += "#" + q.Group
+	}
+	if q.Pattern != "" {
+		s += " matching " + strconv.Quote(q.Pattern) + " (" + q.Aggregation + ")"
 	}
 	return s
 }
@@ -56,6 +69,13 @@ type Reading struct {
 	ProducedTotal float64
 	// ConsumedTotal is the group's entries-read counter (entries delivered to the group); NaN when unknown.
 	ConsumedTotal float64
+	// DeadLetter is the number of dead-lettered messages (Service Bus: the
+	// dead-letter and transfer-dead-letter subqueues); NaN when unknown.
+	// It is never part of Depth: its growth means messages fail.
+	DeadLetter float64
+	// Scheduled is the number of messages scheduled for later (Service Bus
+	// queues); NaN when unknown. Never part of Depth: they must not scale up.
+	Scheduled float64
 }
 
 // Reader reads one queue. Implementations must honour ctx's deadline.

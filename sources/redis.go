@@ -281,6 +281,8 @@ func (r *Redis) readList(ctx context.Context, c *redis.Client, q Query) (Reading
 		OldestPendingIdle: -1,
 		ProducedTotal:     math.NaN(),
 		ConsumedTotal:     math.NaN(),
+		DeadLetter:        math.NaN(), // Redis has no dead-letter store
+		Scheduled:         math.NaN(),
 	}, nil
 }
 
@@ -351,6 +353,8 @@ func (r *Redis) readStream(ctx context.Context, c *redis.Client, q Query) (Readi
 		OldestPendingIdle: -1,
 		ProducedTotal:     math.NaN(),
 		ConsumedTotal:     math.NaN(),
+		DeadLetter:        math.NaN(),
+		Scheduled:         math.NaN(),
 	}
 	if b.depth > 0 {
 		rd.OldestAge = max(serverNow.Sub(time.UnixMilli(int64(b.first.ms))), 0)

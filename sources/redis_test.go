@@ -87,6 +87,8 @@ func TestRedisList(t *testing.T) {
 				OldestPendingIdle: -1,
 				ProducedTotal:     math.NaN(),
 				ConsumedTotal:     math.NaN(),
+				DeadLetter:        math.NaN(),
+				Scheduled:         math.NaN(),
 			}
 			if d := cmp.Diff(want, got, cmpopts.EquateNaNs()); d != "" {
 				t.Errorf("reading (-want +got):\n%s", d)
@@ -415,6 +417,8 @@ func TestRedisStream(t *testing.T) {
 					t.Error("At is zero")
 				}
 				got.At, got.OldestAge, got.OldestPendingIdle = time.Time{}, 0, 0
+				// Redis knows no dead letters or scheduled messages.
+				tc.want.DeadLetter, tc.want.Scheduled = math.NaN(), math.NaN()
 				if d := cmp.Diff(tc.want, got, cmpopts.EquateNaNs()); d != "" {
 					t.Errorf("reading (-want +got):\n%s", d)
 				}

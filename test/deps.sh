@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages flowscaler's tests need: a real redis-server
-# (sources/ tests), prometheus (promtool and end-to-end checks) and protoc.
+# (sources/ tests), prometheus (promtool and end-to-end checks), protoc, and
+# Node.js with npm for the Service Bus AMQP fake.
 #
 # Idempotent: packages already installed are left alone, and apt-get update
 # only runs when something is missing. It never starts a service: tests run
@@ -17,6 +18,12 @@ for pkg in "${packages[@]}"; do
 		missing+=("$pkg")
 	fi
 done
+
+# The Service Bus tests' AMQP fake (test/amqpfake) runs on Node.js; any
+# node and npm on PATH will do, so only install Debian's when there is none.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+	missing+=(nodejs npm)
+fi
 
 if ((${#missing[@]} == 0)); then
 	echo "deps: nothing to install (${packages[*]} already installed)"

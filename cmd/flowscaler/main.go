@@ -18,7 +18,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/demo"
+	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/explain"
 	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/simulate"
+	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/telemetry"
 	"github.com/flowscaler/flowscaler/scaler"
 	"github.com/flowscaler/flowscaler/scaler/config"
 )
@@ -30,6 +32,7 @@ const usage = `flowscaler: a KEDA external scaler that sizes queue consumers by 
 
 Usage:
   flowscaler [serve] [--config FILE] [--grpc-addr ADDR] [--http-addr ADDR] [--log-level LEVEL]
+  flowscaler explain NAMESPACE/NAME | --all [--addr 127.0.0.1:6000] [--json] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME]
   flowscaler demo [--duration 2m]
   flowscaler simulate --trace FILE|builtin:NAME [--config FILE] [--target-age 30s] [--concurrency 4] [--pod-startup 30s] [--max-replicas N] [--json OUT] [--plot OUT.svg]
   flowscaler version
@@ -37,7 +40,8 @@ Usage:
 Without --config, serve uses the built-in configuration (one Redis connection
 "local" at $FLOWSCALER_REDIS_URL, default redis://127.0.0.1:6379, and one
 Prometheus connection "prometheus" at $FLOWSCALER_PROMETHEUS_URL, default
-http://127.0.0.1:9090).
+http://127.0.0.1:9090). Traces are exported over OTLP when the standard
+OTEL_* variables ask for it (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER).
 `
 
 func main() {
@@ -57,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(ctx, args, stderr)
 	case "demo":
 		err = runDemo(ctx, args, stdout, stderr)
+	case "explain":
+		err = explain.Run(ctx, explain.Options{Args: args, Stdout: stdout, Stderr: stderr})
 	case "simulate":
 		err = simulate.Run(simulate.Options{Args: args, Stdout: stdout, Stderr: stderr, Terminal: isTerminal(stderr)})
 	case "version":
@@ -100,7 +106,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if *httpAddr != "" {
 		cfg.Server.HTTPAddr = *httpAddr
 	}
-	return scaler.RunDaemon(ctx, scaler.DaemonOptions{Config: cfg, ConfigPath: *path, Logger: log, Version: version})
+	tracing, err := telemetry.FromEnv(ctx, version)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tracing.Shutdown(flushCtx); err != nil {
+			log.Warn("flushing traces failed", "error", err.Error())
+		}
+	}()
+	if tracing.Exporter != "" {
+		log.Info("exporting traces", "exporter", tracing.Exporter)
+	}
+	return scaler.RunDaemon(ctx, scaler.DaemonOptions{Config: cfg, ConfigPath: *path, Logger: log, Version: version, TracerProvider: tracing.Provider})
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -74,9 +74,13 @@ type Connection struct {
 	BearerTokenFromEnv string    `yaml:"bearerTokenFromEnv"`
 	BearerTokenFile    string    `yaml:"bearerTokenFile"`
 	TLS                ClientTLS `yaml:"tls"`
+	// Service Bus connections only (see servicebus.go): a connection string
+	// from the environment or a file, or auth: azure-ad with a namespace.
+	ServiceBus `yaml:",inline"`
 
-	password    string
-	bearerToken string
+	password         string
+	bearerToken      string
+	connectionString string // servicebus
 }
 
 // Password is the resolved secret from PasswordFromEnv or PasswordFile ("" when none).
@@ -305,7 +309,7 @@ func (s *Server) validate() []error {
 }
 
 // ConnectionTypes are the supported `type` values of a connection.
-var ConnectionTypes = []string{"redis", "prometheus"}
+var ConnectionTypes = []string{"redis", "prometheus", "servicebus"}
 
 func (c *Config) resolveConnections(lookupEnv func(string) (string, bool), readFile func(string) ([]byte, error)) []error {
 	var errs []error
@@ -320,8 +324,15 @@ func (c *Config) resolveConnections(lookupEnv func(string) (string, bool), readF
 			}
 		case "prometheus":
 			errs = append(errs, conn.validatePrometheus(field, c.Server.ReadTimeout, lookupEnv, readFile)...)
+		case "servicebus":
+			errs = append(errs, conn.resolveServiceBus(field, lookupEnv, readFile)...)
 		default:
 			errs = append(errs, fmt.Errorf("%s.type = %q: must be one of %s", field, conn.Type, strings.Join(ConnectionTypes, ", ")))
+		}
+		if conn.Type != "servicebus" {
+			for _, f := range conn.ServiceBus.set() {
+				errs = append(errs, fmt.Errorf("%s.%s: only servicebus connections take it", field, f))
+			}
 		}
 		pw, err := resolveSecret(field, conn.PasswordFromEnv, conn.PasswordFile, lookupEnv, readFile)
 		if err != nil {

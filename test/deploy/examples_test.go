@@ -77,6 +77,7 @@ func TestExamples(t *testing.T) {
 	// README: its default config (connection local, the three profiles) and
 	// its Service names.
 	cfg := loadRenderedConfig(t, loadChart(t), nil)
+	addServiceBusConnections(t, cfg)
 	addresses := []string{
 		fmt.Sprintf("%s.%s.svc.cluster.local:6000", releaseName, releaseNamespace),
 		fmt.Sprintf("%s-headless.%s.svc.cluster.local:6000", releaseName, releaseNamespace),
