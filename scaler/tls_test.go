@@ -2,17 +2,11 @@ package scaler
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -26,77 +20,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/flowscaler/flowscaler/scaler/config"
+	"github.com/flowscaler/flowscaler/scaler/tlstest"
 	"github.com/flowscaler/flowscaler/sources/redistest"
 )
 
-// pki is a throwaway CA with helpers to issue server and client certificates.
-type pki struct {
-	dir  string
-	ca   *x509.Certificate
-	key  *ecdsa.PrivateKey
-	next int64
-}
-
-func newPKI(t *testing.T, name string) *pki {
+func clientTLS(t *testing.T, p *tlstest.CA, certFile, keyFile string) credentials.TransportCredentials {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	p := &pki{dir: t.TempDir(), ca: ca, key: key, next: 2}
-	writePEM(t, filepath.Join(p.dir, "ca.pem"), "CERTIFICATE", der)
-	return p
-}
-
-func (p *pki) caFile() string { return filepath.Join(p.dir, "ca.pem") }
-
-// issue writes name.pem and name-key.pem, for a server (127.0.0.1) or a client.
-func (p *pki) issue(t *testing.T, name string, server bool) (certFile, keyFile string) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(p.next), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	p.next++
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	certFile, keyFile = filepath.Join(p.dir, name+".pem"), filepath.Join(p.dir, name+"-key.pem")
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "EC PRIVATE KEY", kder)
-	return certFile, keyFile
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func clientTLS(t *testing.T, p *pki, certFile, keyFile string) credentials.TransportCredentials {
-	t.Helper()
-	pool, err := config.LoadCertPool(p.caFile())
+	pool, err := config.LoadCertPool(p.File())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,8 +87,8 @@ func tlsDaemon(t *testing.T, tlsYAML string) string {
 }
 
 func TestTLSRefusesPlaintext(t *testing.T) {
-	p := newPKI(t, "flowscaler-ca")
-	cert, key := p.issue(t, "server", true)
+	p := tlstest.NewCA(t, "flowscaler-ca")
+	cert, key := p.Issue(t, "server", true)
 	addr := tlsDaemon(t, fmt.Sprintf("  tls: {certFile: %q, keyFile: %q}\n", cert, key))
 	if err := specCall(t, addr, clientTLS(t, p, "", "")); err != nil {
 		t.Fatalf("TLS client: %v", err)
@@ -169,18 +99,18 @@ func TestTLSRefusesPlaintext(t *testing.T) {
 }
 
 func TestMutualTLS(t *testing.T) {
-	p := newPKI(t, "flowscaler-ca")
-	cert, key := p.issue(t, "server", true)
-	addr := tlsDaemon(t, fmt.Sprintf("  tls: {certFile: %q, keyFile: %q, clientCAFile: %q}\n", cert, key, p.caFile()))
-	ccert, ckey := p.issue(t, "keda", false)
+	p := tlstest.NewCA(t, "flowscaler-ca")
+	cert, key := p.Issue(t, "server", true)
+	addr := tlsDaemon(t, fmt.Sprintf("  tls: {certFile: %q, keyFile: %q, clientCAFile: %q}\n", cert, key, p.File()))
+	ccert, ckey := p.Issue(t, "keda", false)
 	if err := specCall(t, addr, clientTLS(t, p, ccert, ckey)); err != nil {
 		t.Fatalf("client with a certificate: %v", err)
 	}
 	if err := specCall(t, addr, clientTLS(t, p, "", "")); err == nil {
 		t.Fatal("a client without a certificate was served under mutual TLS")
 	}
-	other := newPKI(t, "other-ca")
-	ocert, okey := other.issue(t, "intruder", false)
+	other := tlstest.NewCA(t, "other-ca")
+	ocert, okey := other.Issue(t, "intruder", false)
 	if err := specCall(t, addr, clientTLS(t, p, ocert, okey)); err == nil {
 		t.Fatal("a client certificate from another CA was accepted")
 	}
@@ -201,8 +131,8 @@ func TestTLSConfigErrorsNameTheField(t *testing.T) {
 // A rotated certificate is served without a restart; a broken rotation keeps
 // the previous one.
 func TestCertificateRotation(t *testing.T) {
-	p := newPKI(t, "flowscaler-ca")
-	cert, key := p.issue(t, "server", true)
+	p := tlstest.NewCA(t, "flowscaler-ca")
+	cert, key := p.Issue(t, "server", true)
 	now := time.Now()
 	r, err := newCertReloader(config.TLS{CertFile: cert, KeyFile: key}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {
@@ -223,7 +153,7 @@ func TestCertificateRotation(t *testing.T) {
 	first := serial()
 
 	// Rotate: issue a new certificate over the same files, with a new mtime.
-	newCert, newKey := p.issue(t, "server-rotated", true)
+	newCert, newKey := p.Issue(t, "server-rotated", true)
 	for _, f := range [][2]string{{newCert, cert}, {newKey, key}} {
 		if err := os.Rename(f[0], f[1]); err != nil {
 			t.Fatal(err)

@@ -3,16 +3,9 @@ package explain
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,6 +24,7 @@ import (
 	flowscalerv1 "github.com/flowscaler/flowscaler/proto/flowscaler/v1"
 	"github.com/flowscaler/flowscaler/scaler"
 	"github.com/flowscaler/flowscaler/scaler/config"
+	"github.com/flowscaler/flowscaler/scaler/tlstest"
 	"github.com/flowscaler/flowscaler/sources/redistest"
 )
 
@@ -295,86 +289,24 @@ func TestExplainErrors(t *testing.T) {
 func TestExplainOverMutualTLS(t *testing.T) {
 	rs := redistest.Start(t)
 	seedOldBacklog(t, rs.Client(t))
-	ca := newCA(t)
-	serverCert, serverKey := ca.issue(t, "server", true)
-	clientCert, clientKey := ca.issue(t, "client", false)
-	addr := startDaemon(t, rs, fmt.Sprintf("  tls: {certFile: %q, keyFile: %q, clientCAFile: %q}", serverCert, serverKey, ca.file))
-	creds, err := transportCredentials(addr, ca.file, clientCert, clientKey, "")
+	ca := tlstest.NewCA(t, "test-ca")
+	serverCert, serverKey := ca.Issue(t, "server", true)
+	clientCert, clientKey := ca.Issue(t, "client", false)
+	addr := startDaemon(t, rs, fmt.Sprintf("  tls: {certFile: %q, keyFile: %q, clientCAFile: %q}", serverCert, serverKey, ca.File()))
+	creds, err := transportCredentials(addr, ca.File(), clientCert, clientKey, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	pollLikeKEDA(t, addr, creds, ordersRef)
 
-	out, err := run(t, "--addr", addr, "--tls-ca", ca.file, "--tls-cert", clientCert, "--tls-key", clientKey, "shop/orders")
+	out, err := run(t, "--addr", addr, "--tls-ca", ca.File(), "--tls-cert", clientCert, "--tls-key", clientKey, "shop/orders")
 	if err != nil || !strings.Contains(out, "Decision: 40 replicas") {
 		t.Fatalf("over mTLS: %v\n%s", err, out)
 	}
-	if _, err := run(t, "--addr", addr, "--tls-ca", ca.file, "--timeout", "2s", "shop/orders"); err == nil {
+	if _, err := run(t, "--addr", addr, "--tls-ca", ca.File(), "--timeout", "2s", "shop/orders"); err == nil {
 		t.Error("without a client certificate the daemon must refuse")
 	}
 	if _, err := run(t, "--addr", addr, "--timeout", "2s", "shop/orders"); err == nil || !strings.Contains(err.Error(), "needing --tls-ca?") {
 		t.Errorf("plaintext against TLS: %v, want a hint at --tls-ca", err)
-	}
-}
-
-// testCA is a throwaway CA issuing certificates for 127.0.0.1 (servers) or clients.
-type testCA struct {
-	file string
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	dir  string
-	next int64
-}
-
-func newCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	dir := t.TempDir()
-	ca := &testCA{file: filepath.Join(dir, "ca.pem"), cert: cert, key: key, dir: dir, next: 2}
-	writePEM(t, ca.file, "CERTIFICATE", der)
-	return ca
-}
-
-func (ca *testCA) issue(t *testing.T, name string, server bool) (certFile, keyFile string) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(ca.next), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	ca.next++
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	certFile, keyFile = filepath.Join(ca.dir, name+".pem"), filepath.Join(ca.dir, name+"-key.pem")
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "EC PRIVATE KEY", kder)
-	return certFile, keyFile
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
 	}
 }
