@@ -31,6 +31,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/flowscaler/flowscaler/sources/proctest"
 )
 
 // Target is one endpoint Prometheus scrapes.
@@ -68,9 +70,8 @@ type Server struct {
 	opts   Options
 	client *http.Client
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
+	mu   sync.Mutex
+	proc *proctest.Process // nil while stopped
 }
 
 const startTimeout = 30 * time.Second
@@ -108,7 +109,7 @@ func Start(t testing.TB, o Options) *Server {
 	// prometheus binds it, so a failed start is retried on a new port.
 	var errs []error
 	for range 5 {
-		port, err := freePort()
+		port, err := proctest.FreePort()
 		if err != nil {
 			t.Fatalf("promtest: finding a free port: %v", err)
 		}
@@ -145,7 +146,7 @@ func (s *Server) Stop() {
 func (s *Server) Start() {
 	s.t.Helper()
 	s.mu.Lock()
-	running := s.cmd != nil
+	running := s.proc != nil
 	s.mu.Unlock()
 	if running {
 		s.t.Fatalf("promtest: server on %s is already running", s.Addr)
@@ -199,67 +200,37 @@ func (s *Server) writeConfig() error {
 }
 
 func (s *Server) start() error {
-	logPath := filepath.Join(s.dir, "prometheus.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logFile.Close() // the child has its own descriptor
-
-	cmd := exec.Command(s.bin,
-		"--config.file="+filepath.Join(s.dir, "prometheus.yml"),
-		"--web.config.file="+filepath.Join(s.dir, "web.yml"),
-		"--storage.tsdb.path="+filepath.Join(s.dir, "data"),
-		"--web.listen-address="+s.Addr,
+	proc, err := proctest.Start(s.bin, []string{
+		"--config.file=" + filepath.Join(s.dir, "prometheus.yml"),
+		"--web.config.file=" + filepath.Join(s.dir, "web.yml"),
+		"--storage.tsdb.path=" + filepath.Join(s.dir, "data"),
+		"--web.listen-address=" + s.Addr,
 		"--log.level=warn",
-	)
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	if err := cmd.Start(); err != nil {
-		return err
+	}, filepath.Join(s.dir, "prometheus.log"), s.ready, startTimeout)
+	if err != nil {
+		return fmt.Errorf("prometheus on %s: %w", s.Addr, err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	s.mu.Lock()
-	s.cmd, s.exited = cmd, exited
+	s.proc = proc
 	s.mu.Unlock()
-
-	deadline := time.Now().Add(startTimeout)
-	for {
-		select {
-		case <-exited:
-			s.mu.Lock()
-			s.cmd, s.exited = nil, nil
-			s.mu.Unlock()
-			return fmt.Errorf("prometheus on %s exited during start-up; log:\n%s", s.Addr, tail(logPath))
-		default:
-		}
-		if s.ready() {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			s.kill()
-			return fmt.Errorf("prometheus on %s was not ready within %s; log:\n%s", s.Addr, startTimeout, tail(logPath))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return nil
 }
 
-func (s *Server) ready() bool {
+func (s *Server) ready() error {
 	req, err := http.NewRequest(http.MethodGet, s.URL()+"/-/ready", nil)
 	if err != nil {
-		return false
+		return err
 	}
 	s.auth(req)
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return false
+		return err
 	}
 	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("/-/ready: %s", resp.Status)
+	}
+	return nil
 }
 
 func (s *Server) auth(req *http.Request) {
@@ -271,14 +242,12 @@ func (s *Server) auth(req *http.Request) {
 // kill kills the server by its PID and waits for it.
 func (s *Server) kill() {
 	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.cmd, s.exited = nil, nil
+	proc := s.proc
+	s.proc = nil
 	s.mu.Unlock()
-	if cmd == nil {
-		return
+	if proc != nil {
+		proc.Kill()
 	}
-	_ = cmd.Process.Kill()
-	<-exited
 }
 
 // Result is an instant query's answer: the number of series and, when
@@ -385,15 +354,6 @@ func Near(want float64) func(float64) bool {
 	return func(v float64) bool { return math.Abs(v-want) <= 1e-9*math.Max(1, math.Abs(want)) }
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // model formats a duration the way Prometheus's config wants it (no
 // fractions: "1s", "500ms").
 func model(d time.Duration) string {
@@ -404,16 +364,3 @@ func model(d time.Duration) string {
 }
 
 func quote(s string) string { return strconv.Quote(s) }
-
-// tail is the end of the server log, for start-up failures.
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	const limit = 3000
-	if len(b) > limit {
-		b = b[len(b)-limit:]
-	}
-	return string(bytes.TrimSpace(b))
-}

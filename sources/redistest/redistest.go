@@ -7,7 +7,6 @@ package redistest
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +19,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/flowscaler/flowscaler/sources/proctest"
 )
 
 // Server is a redis-server child process listening on 127.0.0.1.
@@ -32,9 +33,8 @@ type Server struct {
 	port int
 	dir  string
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{} // closed when cmd has exited
+	mu   sync.Mutex
+	proc *proctest.Process // nil while stopped
 }
 
 const startTimeout = 10 * time.Second
@@ -60,7 +60,7 @@ func Start(t testing.TB) *Server {
 	// redis binds it, so a failed start is retried on a new port.
 	var errs []error
 	for range 5 {
-		port, err := freePort()
+		port, err := proctest.FreePort()
 		if err != nil {
 			t.Fatalf("redistest: finding a free port: %v", err)
 		}
@@ -98,7 +98,7 @@ func (s *Server) Stop() {
 func (s *Server) Start() {
 	s.t.Helper()
 	s.mu.Lock()
-	running := s.cmd != nil
+	running := s.proc != nil
 	s.mu.Unlock()
 	if running {
 		s.t.Fatalf("redistest: server on %s is already running", s.Addr)
@@ -116,67 +116,32 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 }
 
 func (s *Server) start() error {
-	logPath := filepath.Join(s.dir, "redis.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logFile.Close() // the child has its own descriptor
-
-	cmd := exec.Command(s.bin,
+	proc, err := proctest.Start(s.bin, []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
 		"--daemonize", "no",
 		"--dir", s.dir,
-	)
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	if err := cmd.Start(); err != nil {
-		return err
+	}, filepath.Join(s.dir, "redis.log"), func() error { return ping(s.Addr) }, startTimeout)
+	if err != nil {
+		return fmt.Errorf("redis-server on %s: %w", s.Addr, err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	s.mu.Lock()
-	s.cmd, s.exited = cmd, exited
+	s.proc = proc
 	s.mu.Unlock()
-
-	deadline := time.Now().Add(startTimeout)
-	for {
-		select {
-		case <-exited:
-			s.mu.Lock()
-			s.cmd, s.exited = nil, nil
-			s.mu.Unlock()
-			return fmt.Errorf("redis-server on %s exited during start-up; log:\n%s", s.Addr, tail(logPath))
-		default:
-		}
-		if ping(s.Addr) == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			s.kill()
-			return fmt.Errorf("redis-server on %s did not answer PING within %s; log:\n%s", s.Addr, startTimeout, tail(logPath))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return nil
 }
 
 // kill kills the server by its PID and waits for it.
 func (s *Server) kill() {
 	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.cmd, s.exited = nil, nil
+	proc := s.proc
+	s.proc = nil
 	s.mu.Unlock()
-	if cmd == nil {
-		return
+	if proc != nil {
+		proc.Kill()
 	}
-	_ = cmd.Process.Kill()
-	<-exited
 }
 
 // ping speaks RESP by hand so that readiness does not depend on the client
@@ -199,26 +164,4 @@ func ping(addr string) error {
 		return fmt.Errorf("unexpected PING reply %q", line)
 	}
 	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// tail is the end of the server log, for start-up failures.
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	const limit = 2000
-	if len(b) > limit {
-		b = b[len(b)-limit:]
-	}
-	return string(bytes.TrimSpace(b))
 }
