@@ -2,10 +2,12 @@
 package proctest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"sync"
 	"time"
 )
 
@@ -82,4 +84,36 @@ func Tail(path string) string {
 		b = b[len(b)-limit:]
 	}
 	return string(b)
+}
+
+// Slot holds the process of a server that a test stops and starts again on
+// the same address; the zero value is an empty slot.
+type Slot struct {
+	mu   sync.Mutex
+	proc *Process // nil while stopped
+}
+
+// Run starts a process with start, unless one is already running.
+func (s *Slot) Run(start func() (*Process, error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		return errors.New("already running")
+	}
+	p, err := start()
+	if err != nil {
+		return err
+	}
+	s.proc = p
+	return nil
+}
+
+// Kill kills the running process, if any, and waits for it.
+func (s *Slot) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		s.proc.Kill()
+		s.proc = nil
+	}
 }

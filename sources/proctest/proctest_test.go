@@ -43,3 +43,23 @@ func TestKillStopsAReadyProcess(t *testing.T) {
 		t.Fatal("Kill did not return: the process is still running")
 	}
 }
+
+func TestSlotRunsOneProcessAtATime(t *testing.T) {
+	dir := t.TempDir()
+	var slot Slot
+	start := func() (*Process, error) {
+		return Start("/bin/sh", []string{"-c", "sleep 30"}, filepath.Join(dir, "x.log"), func() error { return nil }, 5*time.Second)
+	}
+	if err := slot.Run(start); err != nil {
+		t.Fatal(err)
+	}
+	if err := slot.Run(start); err == nil || err.Error() != "already running" {
+		t.Fatalf("second Run: %v, want already running", err)
+	}
+	slot.Kill()
+	slot.Kill() // killing an empty slot does nothing
+	if err := slot.Run(start); err != nil {
+		t.Fatalf("Run after Kill: %v", err)
+	}
+	slot.Kill()
+}

@@ -26,7 +26,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -70,8 +69,7 @@ type Server struct {
 	opts   Options
 	client *http.Client
 
-	mu   sync.Mutex
-	proc *proctest.Process // nil while stopped
+	proc proctest.Slot
 }
 
 const startTimeout = 30 * time.Second
@@ -118,7 +116,7 @@ func Start(t testing.TB, o Options) *Server {
 			errs = append(errs, err)
 			continue
 		}
-		t.Cleanup(s.kill)
+		t.Cleanup(s.proc.Kill)
 		return s
 	}
 	t.Fatalf("promtest: starting prometheus: %v", errors.Join(errs...))
@@ -138,19 +136,13 @@ func (s *Server) URL() string {
 // server does nothing.
 func (s *Server) Stop() {
 	s.t.Helper()
-	s.kill()
+	s.proc.Kill()
 }
 
 // Start runs the server again on the same port and TSDB, for outage and
 // recovery tests, and waits until it is ready.
 func (s *Server) Start() {
 	s.t.Helper()
-	s.mu.Lock()
-	running := s.proc != nil
-	s.mu.Unlock()
-	if running {
-		s.t.Fatalf("promtest: server on %s is already running", s.Addr)
-	}
 	if err := s.start(); err != nil {
 		s.t.Fatalf("promtest: restarting prometheus: %v", err)
 	}
@@ -200,20 +192,19 @@ func (s *Server) writeConfig() error {
 }
 
 func (s *Server) start() error {
-	proc, err := proctest.Start(s.bin, []string{
-		"--config.file=" + filepath.Join(s.dir, "prometheus.yml"),
-		"--web.config.file=" + filepath.Join(s.dir, "web.yml"),
-		"--storage.tsdb.path=" + filepath.Join(s.dir, "data"),
-		"--web.listen-address=" + s.Addr,
-		"--log.level=warn",
-	}, filepath.Join(s.dir, "prometheus.log"), s.ready, startTimeout)
-	if err != nil {
-		return fmt.Errorf("prometheus on %s: %w", s.Addr, err)
-	}
-	s.mu.Lock()
-	s.proc = proc
-	s.mu.Unlock()
-	return nil
+	return s.proc.Run(func() (*proctest.Process, error) {
+		proc, err := proctest.Start(s.bin, []string{
+			"--config.file=" + filepath.Join(s.dir, "prometheus.yml"),
+			"--web.config.file=" + filepath.Join(s.dir, "web.yml"),
+			"--storage.tsdb.path=" + filepath.Join(s.dir, "data"),
+			"--web.listen-address=" + s.Addr,
+			"--log.level=warn",
+		}, filepath.Join(s.dir, "prometheus.log"), s.ready, startTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("prometheus on %s: %w", s.Addr, err)
+		}
+		return proc, nil
+	})
 }
 
 func (s *Server) ready() error {
@@ -236,17 +227,6 @@ func (s *Server) ready() error {
 func (s *Server) auth(req *http.Request) {
 	if s.opts.BasicAuthUser != "" {
 		req.SetBasicAuth(s.opts.BasicAuthUser, s.opts.BasicAuthPassword)
-	}
-}
-
-// kill kills the server by its PID and waits for it.
-func (s *Server) kill() {
-	s.mu.Lock()
-	proc := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	if proc != nil {
-		proc.Kill()
 	}
 }
 

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,8 +32,7 @@ type Server struct {
 	port int
 	dir  string
 
-	mu   sync.Mutex
-	proc *proctest.Process // nil while stopped
+	proc proctest.Slot
 }
 
 const startTimeout = 10 * time.Second
@@ -75,7 +73,7 @@ func Start(t testing.TB) *Server {
 			errs = append(errs, err)
 			continue
 		}
-		t.Cleanup(s.kill)
+		t.Cleanup(s.proc.Kill)
 		return s
 	}
 	t.Fatalf("redistest: starting redis-server: %v", errors.Join(errs...))
@@ -89,7 +87,7 @@ func (s *Server) URL() string { return "redis://" + s.Addr }
 // runs without persistence. Stopping a stopped server does nothing.
 func (s *Server) Stop() {
 	s.t.Helper()
-	s.kill()
+	s.proc.Kill()
 }
 
 // Start runs the server again on the same port, for outage and recovery
@@ -97,12 +95,6 @@ func (s *Server) Stop() {
 // is already running or cannot start.
 func (s *Server) Start() {
 	s.t.Helper()
-	s.mu.Lock()
-	running := s.proc != nil
-	s.mu.Unlock()
-	if running {
-		s.t.Fatalf("redistest: server on %s is already running", s.Addr)
-	}
 	if err := s.start(); err != nil {
 		s.t.Fatalf("redistest: restarting redis-server: %v", err)
 	}
@@ -116,32 +108,20 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 }
 
 func (s *Server) start() error {
-	proc, err := proctest.Start(s.bin, []string{
-		"--port", strconv.Itoa(s.port),
-		"--bind", "127.0.0.1",
-		"--save", "",
-		"--appendonly", "no",
-		"--daemonize", "no",
-		"--dir", s.dir,
-	}, filepath.Join(s.dir, "redis.log"), func() error { return ping(s.Addr) }, startTimeout)
-	if err != nil {
-		return fmt.Errorf("redis-server on %s: %w", s.Addr, err)
-	}
-	s.mu.Lock()
-	s.proc = proc
-	s.mu.Unlock()
-	return nil
-}
-
-// kill kills the server by its PID and waits for it.
-func (s *Server) kill() {
-	s.mu.Lock()
-	proc := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	if proc != nil {
-		proc.Kill()
-	}
+	return s.proc.Run(func() (*proctest.Process, error) {
+		proc, err := proctest.Start(s.bin, []string{
+			"--port", strconv.Itoa(s.port),
+			"--bind", "127.0.0.1",
+			"--save", "",
+			"--appendonly", "no",
+			"--daemonize", "no",
+			"--dir", s.dir,
+		}, filepath.Join(s.dir, "redis.log"), func() error { return ping(s.Addr) }, startTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("redis-server on %s: %w", s.Addr, err)
+		}
+		return proc, nil
+	})
 }
 
 // ping speaks RESP by hand so that readiness does not depend on the client
