@@ -24,7 +24,10 @@ var _ Reader = (*coalesced)(nil)
 // goes on for the others. The shared read runs with the deadline of the
 // caller that started it but not its cancellation, so one caller giving up
 // does not fail everyone, and the read stays bounded as long as that
-// caller had a deadline (Reader implementations need one).
+// caller had a deadline (Reader implementations need one). A caller that
+// joined a read it did not start and that read failed tries once more on
+// its own: that read began before it asked, possibly while the broker was
+// still down, and errors are not shared any more than they are cached.
 func Coalesce(r Reader, ttl time.Duration, now func() time.Time) Reader {
 	return &coalesced{shared: newShared(r.Read, flightKey, ttl, now)}
 }
@@ -64,6 +67,8 @@ type flightResult[V any] struct {
 	expired bool
 	// deadline is the deadline the shared read ran with.
 	deadline time.Time
+	// starter identifies the caller that started the read.
+	starter *int
 }
 
 func newShared[K comparable, V any](read func(context.Context, K) (V, error), key func(K) string, ttl time.Duration, now func() time.Time) *shared[K, V] {
@@ -81,18 +86,21 @@ func (s *shared[K, V]) do(ctx context.Context, k K) (V, error) {
 	if v, ok := s.lookup(k, maxAgeOf(ctx)); ok {
 		return v, nil
 	}
-	// One retry at most: enough for a waiter that joined a read started by a
-	// caller with a nearly spent deadline, without looping on a slow broker.
+	// One retry at most: enough for a waiter that joined a failed read
+	// started by another caller (one with a nearly spent deadline, or one
+	// that has left), without looping on a slow broker.
+	me := new(int)
 	for attempt := 0; ; attempt++ {
 		ch := s.group.DoChan(s.key(k), func() (any, error) {
-			return s.flight(ctx, k)
+			return s.flight(ctx, k, me)
 		})
 		select {
 		case <-ctx.Done():
 			return zero, ctx.Err()
 		case res := <-ch:
 			fr, _ := res.Val.(flightResult[V])
-			if res.Err != nil && fr.expired && attempt == 0 && ctx.Err() == nil && laterDeadline(ctx, fr.deadline) {
+			if res.Err != nil && attempt == 0 && ctx.Err() == nil && fr.starter != me &&
+				(!fr.expired || laterDeadline(ctx, fr.deadline)) {
 				continue
 			}
 			return fr.value, res.Err
@@ -101,11 +109,11 @@ func (s *shared[K, V]) do(ctx context.Context, k K) (V, error) {
 }
 
 // flight is the underlying read run once for all waiters of a flight.
-func (s *shared[K, V]) flight(callerCtx context.Context, k K) (any, error) {
+func (s *shared[K, V]) flight(callerCtx context.Context, k K, starter *int) (any, error) {
 	// A read that finished just before this flight started has already
 	// filled the cache.
 	if v, ok := s.lookup(k, maxAgeOf(callerCtx)); ok {
-		return flightResult[V]{value: v}, nil
+		return flightResult[V]{value: v, starter: starter}, nil
 	}
 	ctx := context.WithoutCancel(callerCtx)
 	dl, hasDeadline := callerCtx.Deadline()
@@ -116,10 +124,10 @@ func (s *shared[K, V]) flight(callerCtx context.Context, k K) (any, error) {
 	}
 	v, err := s.read(ctx, k)
 	if err != nil {
-		return flightResult[V]{expired: errors.Is(ctx.Err(), context.DeadlineExceeded), deadline: dl}, err
+		return flightResult[V]{expired: errors.Is(ctx.Err(), context.DeadlineExceeded), deadline: dl, starter: starter}, err
 	}
 	s.store(k, v)
-	return flightResult[V]{value: v}, nil
+	return flightResult[V]{value: v, starter: starter}, nil
 }
 
 // laterDeadline reports whether ctx may outlive a read that expired at dl:

@@ -297,6 +297,71 @@ func TestCoalesceShortDeadlineDoesNotFailLaterCallers(t *testing.T) {
 	}
 }
 
+// failFirstReader holds its first read until release is closed and then
+// fails it as a dropped connection does; later reads go through.
+type failFirstReader struct {
+	next    Reader
+	entered chan struct{}
+	release chan struct{}
+	calls   atomic.Int64
+}
+
+func (f *failFirstReader) Read(ctx context.Context, q Query) (Reading, error) {
+	if f.calls.Add(1) == 1 {
+		close(f.entered)
+		<-f.release
+		return Reading{}, errors.New("read tcp 127.0.0.1:6379: connection reset by peer")
+	}
+	return f.next.Read(ctx, q)
+}
+
+// A caller that joins a read started by a caller who has left, and that
+// read fails (it began while the broker was still down), reads once more
+// itself rather than inherit the failure: the first poll after an outage
+// must get a fresh answer.
+func TestCoalesceJoinerDoesNotInheritAFailure(t *testing.T) {
+	counter, qa, _ := coalesceFixture(t)
+	ff := &failFirstReader{next: counter, entered: make(chan struct{}), release: make(chan struct{})}
+	r := Coalesce(ff, time.Minute, (&fakeClock{}).Now)
+
+	ctxA, cancelA := context.WithCancel(testCtx(t))
+	resA := make(chan error, 1)
+	go func() {
+		_, err := r.Read(ctxA, qa)
+		resA <- err
+	}()
+	<-ff.entered
+	cancelA()
+	if err := <-resA; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled caller got %v, want context.Canceled", err)
+	}
+
+	type result struct {
+		rd  Reading
+		err error
+	}
+	resB := make(chan result, 1)
+	go func() {
+		rd, err := r.Read(testCtx(t), qa)
+		resB <- result{rd, err}
+	}()
+	// B joins the held read unless the scheduler delays it past the
+	// release, in which case it reads on its own: either way it must get
+	// the list.
+	time.Sleep(50 * time.Millisecond)
+	close(ff.release)
+	got := <-resB
+	if got.err != nil {
+		t.Fatalf("later caller inherited the failed read: %v", got.err)
+	}
+	if got.rd.Depth != 3 {
+		t.Errorf("Depth = %v, want 3", got.rd.Depth)
+	}
+	if n := ff.calls.Load(); n != 2 {
+		t.Errorf("%d reads, want 2: the failed one and the later caller's own", n)
+	}
+}
+
 func TestCoalesceDoneContext(t *testing.T) {
 	counter, qa, _ := coalesceFixture(t)
 	r := Coalesce(counter, time.Minute, nil)

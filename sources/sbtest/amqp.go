@@ -237,6 +237,13 @@ func (a *AMQP) readLog(stdout interface{ Read([]byte) (int, error) }, port chan<
 	}
 }
 
+// Stop stops the fake now, as a broker outage does; the test's end
+// stops it otherwise.
+func (a *AMQP) Stop(t testing.TB) {
+	t.Helper()
+	a.stop(t)
+}
+
 // stop sends SIGTERM to the fake's PID, and SIGKILL if it is still there
 // after 10 s.
 func (a *AMQP) stop(t testing.TB) {

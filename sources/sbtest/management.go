@@ -86,6 +86,10 @@ func StartManagement(t testing.TB, o ManagementOptions) *Management {
 	return m
 }
 
+// Stop closes the fake's listener and connections now, as a broker outage
+// does; the test's end closes it otherwise.
+func (m *Management) Stop() { m.srv.Close() }
+
 // Client is an HTTP client that trusts the fake's certificate.
 func (m *Management) Client() *http.Client { return m.srv.Client() }
 
