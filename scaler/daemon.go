@@ -100,7 +100,15 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		return err
 	}
 	reader := sources.Coalesce(instrumented, time.Duration(cfg.Server.ReadCacheTTL), time.Now)
-	srv, err := New(Options{Reader: reader, MetricsReader: promReader, Config: cfg, Metrics: metrics, Logger: log, TracerProvider: o.TracerProvider})
+	// A nil *RedisStateStore must not become a non-nil StateStore.
+	var store StateStore
+	if rs, err := newStateStore(cfg); err != nil {
+		return err
+	} else if rs != nil {
+		defer rs.Close()
+		store = rs
+	}
+	srv, err := New(Options{Reader: reader, MetricsReader: promReader, Config: cfg, Metrics: metrics, Logger: log, TracerProvider: o.TracerProvider, StateStore: store})
 	if err != nil {
 		return err
 	}
@@ -160,6 +168,12 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 				reloadFailed(log, metrics, o.ConfigPath, err)
 				return
 			}
+			if c.State != srv.Config().State {
+				// The store is built once: switching it under running
+				// objects would split their state between two places.
+				log.Warn("config reload: the state section changes on restart only; keeping the running state backend",
+					"running", srv.Config().State.Backend, "configured", c.State.Backend)
+			}
 			srv.SetConfig(c)
 			metrics.ConfigReloads.WithLabelValues("ok").Inc()
 			metrics.ConfigLastReloadOK.Set(1)
@@ -172,7 +186,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	ready.Store(true)
 	log.Info("flowscaler serving", "version", o.Version, "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
 		"tls", cfg.Server.TLS.Enabled(), "mtls", cfg.Server.TLS.ClientCAFile != "",
-		"connections", len(cfg.Connections), "profiles", cfg.ProfileNames())
+		"connections", len(cfg.Connections), "profiles", cfg.ProfileNames(), "state", cfg.State.Backend)
 	if o.OnReady != nil {
 		o.OnReady(grpcLis.Addr(), httpLis.Addr())
 	}

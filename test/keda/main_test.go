@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-logr/logr/funcr"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc/resolver"
 	v2 "k8s.io/api/autoscaling/v2"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -46,6 +47,8 @@ func TestMain(m *testing.M) {
 	ctrllog.SetLogger(funcr.New(func(prefix, args string) {
 		fmt.Fprintln(os.Stderr, "keda:", prefix, args)
 	}, funcr.Options{}))
+	// Before any client exists: gRPC reads the registry without a lock.
+	resolver.Register(pods)
 
 	dir, err := os.MkdirTemp("", "flowscaler-keda-")
 	if err != nil {

@@ -132,4 +132,16 @@ from this list, so the config never names a variable or file the pod lacks.
 {{- fail "tls.clientAuth.enabled = true with tls.enabled = false: mutual TLS needs TLS" }}
 {{- end }}
 {{- end }}
+{{- with .Values.config.state }}
+{{- if eq .backend "redis" }}
+{{- $conn := get $.Values.config.connections (.connection | default "") }}
+{{- if not .connection }}
+{{- fail "config.state.connection = \"\": must name a connection of type redis when config.state.backend is redis" }}
+{{- else if not $conn }}
+{{- fail (printf "config.state.connection = %q: must name a connection in config.connections" .connection) }}
+{{- else if ne $conn.type "redis" }}
+{{- fail (printf "config.state.connection = %q: must be a connection of type redis, not %s" .connection $conn.type) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
