@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,8 +14,10 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/api"
@@ -172,6 +175,7 @@ type promConn struct {
 	cfg       PrometheusConnection
 	api       v1.API
 	transport *http.Transport
+	auth      *authRoundTripper
 }
 
 // ErrPrometheusClosed is returned after Close.
@@ -268,14 +272,12 @@ func (p *PrometheusQuerier) newConn(cfg PrometheusConnection) (*promConn, error)
 		ExpectContinueTimeout: time.Second,
 		ForceAttemptHTTP2:     true,
 	}
-	client, err := api.NewClient(api.Config{
-		Address:      cfg.URL,
-		RoundTripper: &authRoundTripper{next: transport, cfg: cfg, readFile: p.opts.ReadFile},
-	})
+	auth := &authRoundTripper{next: transport, cfg: cfg, readFile: p.opts.ReadFile}
+	client, err := api.NewClient(api.Config{Address: cfg.URL, RoundTripper: auth})
 	if err != nil {
 		return nil, fmt.Errorf("URL %s: %v", redactURL(cfg.URL), err)
 	}
-	return &promConn{cfg: cfg, api: v1.NewAPI(client), transport: transport}, nil
+	return &promConn{cfg: cfg, api: v1.NewAPI(client), transport: transport, auth: auth}, nil
 }
 
 // clientTLS builds the TLS settings of an https connection; nil means Go's
@@ -330,6 +332,22 @@ type authRoundTripper struct {
 	next     http.RoundTripper
 	cfg      PrometheusConnection
 	readFile func(string) ([]byte, error)
+	// fileToken is the token last read from BearerTokenFile, so that an
+	// error can be scrubbed of it.
+	fileToken atomic.Pointer[string]
+}
+
+// secrets are the credentials the connection sends: the bearer token (a
+// file's as last read), or the basic-auth password and its header value.
+func (a *authRoundTripper) secrets() []string {
+	out := []string{a.cfg.BearerToken, a.cfg.Password}
+	if t := a.fileToken.Load(); t != nil {
+		out = append(out, *t)
+	}
+	if a.cfg.Username != "" && a.cfg.Password != "" {
+		out = append(out, base64.StdEncoding.EncodeToString([]byte(a.cfg.Username+":"+a.cfg.Password)))
+	}
+	return out
 }
 
 func (a *authRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -342,6 +360,7 @@ func (a *authRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) 
 		if token = strings.TrimSpace(string(b)); token == "" {
 			return nil, credentialError{fmt.Errorf("bearerTokenFile %q: is empty", a.cfg.BearerTokenFile)}
 		}
+		a.fileToken.Store(&token)
 	}
 	if token == "" && a.cfg.Username == "" {
 		return a.next.RoundTrip(req)
@@ -391,7 +410,7 @@ func (p *PrometheusQuerier) Instant(ctx context.Context, q PromQL) (Sample, erro
 	// request's context ends anyway.
 	val, _, _, err := c.api.Query(ctx, q.Expr, time.Time{})
 	if err != nil {
-		return Sample{}, queryError(q.Connection, err)
+		return Sample{}, queryError(q.Connection, err, c.auth.secrets())
 	}
 	s, err := sampleOf(val)
 	if err != nil {
@@ -424,8 +443,10 @@ func sampleOf(val model.Value) (Sample, error) {
 }
 
 // queryError says in a few words why a query got no answer: unreachable,
-// timed out, or what Prometheus said.
-func queryError(conn string, err error) error {
+// timed out, or what Prometheus said. What the server said is scrubbed of
+// secrets (before it is shortened, so that no part of one is left): a
+// proxy or a careless server may echo the Authorization header it refused.
+func queryError(conn string, err error, secrets []string) error {
 	var apiErr *v1.Error
 	var urlErr *url.Error
 	var credErr credentialError
@@ -437,8 +458,8 @@ func queryError(conn string, err error) error {
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("prometheus %s: %w", conn, context.Canceled)
 	case errors.As(err, &apiErr):
-		msg := fmt.Sprintf("prometheus %s: %s: %s", conn, apiErr.Type, apiErr.Msg)
-		if d := strings.TrimSpace(apiErr.Detail); d != "" {
+		msg := fmt.Sprintf("prometheus %s: %s: %s", conn, apiErr.Type, redactSecrets(apiErr.Msg, secrets))
+		if d := strings.TrimSpace(redactSecrets(apiErr.Detail, secrets)); d != "" {
 			if len(d) > 200 {
 				d = d[:200] + "…"
 			}
@@ -450,5 +471,23 @@ func queryError(conn string, err error) error {
 		// cause alone is what a person needs.
 		return fmt.Errorf("prometheus %s unreachable: %w", conn, urlErr.Err)
 	}
+	// Any other error may quote the body too, as a JSON decoder's does.
+	if msg := redactSecrets(err.Error(), secrets); msg != err.Error() {
+		return fmt.Errorf("prometheus %s: %s", conn, msg)
+	}
 	return fmt.Errorf("prometheus %s: %w", conn, err)
+}
+
+// redactSecrets replaces every secret in msg, as is and in the forms a
+// server could echo it (URL-escaped, quoted, base64), with xxxxx.
+func redactSecrets(msg string, secrets []string) string {
+	for _, s := range secrets {
+		if s == "" {
+			continue
+		}
+		for _, f := range []string{s, url.QueryEscape(s), url.PathEscape(s), strconv.Quote(s), base64.StdEncoding.EncodeToString([]byte(s))} {
+			msg = strings.ReplaceAll(msg, f, redacted)
+		}
+	}
+	return msg
 }

@@ -299,10 +299,20 @@ func (r *Redis) readStream(ctx context.Context, c *redis.Client, q Query) (Readi
 	pendingCmd := pipe.Do(ctx, "XPENDING", q.Name, q.Group, "-", "+", r.opts.PendingScan)
 	timeCmd := pipe.Do(ctx, "TIME")
 	// Exec's error is the first failed command's; each command is inspected
-	// below so the error names the command that failed.
-	_, _ = pipe.Exec(ctx)
+	// below so the error names the command that failed. A connection that
+	// cannot be set up (AUTH refused: WRONGPASS, NOAUTH) fails before any
+	// command is sent, and go-redis leaves the commands with neither a
+	// reply nor an error: Exec's error is then theirs.
+	_, execErr := pipe.Exec(ctx)
+	result := func(cmd *redis.Cmd) (any, error) {
+		v, err := cmd.Result()
+		if err == nil && v == nil && execErr != nil {
+			return nil, execErr
+		}
+		return v, err
+	}
 
-	groupsReply, err := groupsCmd.Result()
+	groupsReply, err := result(groupsCmd)
 	if err != nil {
 		if isNoSuchKey(err) {
 			return Reading{}, fmt.Errorf("stream %q: %w", q.Name, ErrStreamNotFound)
@@ -316,7 +326,7 @@ func (r *Redis) readStream(ctx context.Context, c *redis.Client, q Query) (Readi
 	if !found {
 		return Reading{}, fmt.Errorf("group %q on stream %q: %w", q.Group, q.Name, ErrGroupNotFound)
 	}
-	streamReply, err := streamCmd.Result()
+	streamReply, err := result(streamCmd)
 	if err != nil {
 		return Reading{}, fmt.Errorf("XINFO STREAM: %w", err)
 	}
@@ -324,7 +334,7 @@ func (r *Redis) readStream(ctx context.Context, c *redis.Client, q Query) (Readi
 	if err != nil {
 		return Reading{}, fmt.Errorf("XINFO STREAM: %w", err)
 	}
-	pendingReply, err := pendingCmd.Result()
+	pendingReply, err := result(pendingCmd)
 	if err != nil {
 		return Reading{}, fmt.Errorf("XPENDING: %w", err)
 	}
@@ -332,7 +342,7 @@ func (r *Redis) readStream(ctx context.Context, c *redis.Client, q Query) (Readi
 	if err != nil {
 		return Reading{}, fmt.Errorf("XPENDING: %w", err)
 	}
-	timeReply, err := timeCmd.Result()
+	timeReply, err := result(timeCmd)
 	if err != nil {
 		return Reading{}, fmt.Errorf("TIME: %w", err)
 	}

@@ -133,6 +133,39 @@ func connectionStringField(cs, key string) (string, bool) {
 	return "", false
 }
 
+// sasSignature is the signature of a SharedAccessSignature token (sig=…,
+// or sig%3D… URL-encoded, up to the next separator): a bearer credential
+// until it expires, which a server or proxy may echo from the
+// Authorization header it refused, and the SDK's errors quote the
+// response's body.
+var sasSignature = regexp.MustCompile(`(?i)sig(=|%3D)[^&\s"'<>;]+`)
+
+// scrubServiceBus returns err with every SAS signature and the connection
+// string's secrets hidden from its text; errors.Is and errors.As still see
+// the original.
+func scrubServiceBus(err error, cfg ServiceBusConnection) error {
+	msg := sasSignature.ReplaceAllString(err.Error(), "sig${1}"+redacted)
+	secrets := []string{cfg.ConnectionString}
+	for _, key := range []string{"SharedAccessKey", "SharedAccessSignature"} {
+		if v, ok := connectionStringField(cfg.ConnectionString, key); ok {
+			secrets = append(secrets, v)
+		}
+	}
+	if msg = redactSecrets(msg, secrets); msg == err.Error() {
+		return err
+	}
+	return scrubbedError{msg: msg, err: err}
+}
+
+// scrubbedError is an error whose text had secrets removed.
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e scrubbedError) Error() string { return e.msg }
+func (e scrubbedError) Unwrap() error { return e.err }
+
 // ServiceBusOptions tune a Service Bus reader. Zero values select the defaults.
 type ServiceBusOptions struct {
 	// PeekCount is how many messages one peek returns; the oldest active
@@ -431,6 +464,7 @@ func (r *ServiceBus) Read(ctx context.Context, q Query) (Reading, error) {
 	}
 	rd, err := r.read(ctx, c, q)
 	if err != nil {
+		err = scrubServiceBus(err, c.cfg)
 		c.observe(err, r.opts.Now(), r.opts.MinBackoff, r.opts.MaxBackoff)
 		return Reading{}, fmt.Errorf("%s: %w", q, err)
 	}

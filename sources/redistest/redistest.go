@@ -26,6 +26,8 @@ import (
 type Server struct {
 	// Addr is host:port. It stays the same across Stop and Start.
 	Addr string
+	// Password is what clients must AUTH with; "" when the server asks none.
+	Password string
 
 	t    testing.TB
 	bin  string
@@ -45,6 +47,19 @@ const startTimeout = 10 * time.Second
 // that CI cannot pass by skipping everything.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return start(t, "")
+}
+
+// StartWithPassword is Start with requirepass: a client that does not AUTH
+// with password is refused (NOAUTH), and one that gives another is refused
+// with WRONGPASS.
+func StartWithPassword(t testing.TB, password string) *Server {
+	t.Helper()
+	return start(t, password)
+}
+
+func start(t testing.TB, password string) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		const msg = "redis-server is not on PATH; run test/deps.sh to install it"
@@ -63,11 +78,12 @@ func Start(t testing.TB) *Server {
 			t.Fatalf("redistest: finding a free port: %v", err)
 		}
 		s := &Server{
-			Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-			t:    t,
-			bin:  bin,
-			port: port,
-			dir:  dir,
+			Addr:     net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+			Password: password,
+			t:        t,
+			bin:      bin,
+			port:     port,
+			dir:      dir,
 		}
 		if err := s.start(); err != nil {
 			errs = append(errs, err)
@@ -102,21 +118,25 @@ func (s *Server) Start() {
 
 // Client returns a go-redis client for the server, closed when t ends.
 func (s *Server) Client(t testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, Password: s.Password})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
 func (s *Server) start() error {
 	return s.proc.Run(func() (*proctest.Process, error) {
-		proc, err := proctest.Start(s.bin, []string{
+		args := []string{
 			"--port", strconv.Itoa(s.port),
 			"--bind", "127.0.0.1",
 			"--save", "",
 			"--appendonly", "no",
 			"--daemonize", "no",
 			"--dir", s.dir,
-		}, filepath.Join(s.dir, "redis.log"), func() error { return ping(s.Addr) }, startTimeout)
+		}
+		if s.Password != "" {
+			args = append(args, "--requirepass", s.Password)
+		}
+		proc, err := proctest.Start(s.bin, args, filepath.Join(s.dir, "redis.log"), func() error { return ping(s.Addr, s.Password) }, startTimeout)
 		if err != nil {
 			return nil, fmt.Errorf("redis-server on %s: %w", s.Addr, err)
 		}
@@ -125,18 +145,32 @@ func (s *Server) start() error {
 }
 
 // ping speaks RESP by hand so that readiness does not depend on the client
-// library under test.
-func ping(addr string) error {
+// library under test. With a password it sends AUTH first, as a RESP array
+// so that any byte of the password is sent as is.
+func ping(addr, password string) error {
 	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	r := bufio.NewReader(conn)
+	if password != "" {
+		if _, err := fmt.Fprintf(conn, "*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(password), password); err != nil {
+			return err
+		}
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if line != "+OK\r\n" {
+			return fmt.Errorf("unexpected AUTH reply %q", line)
+		}
+	}
 	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
 		return err
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
+	line, err := r.ReadString('\n')
 	if err != nil {
 		return err
 	}
