@@ -18,34 +18,15 @@ type Metrics struct {
 	rpcDuration  *prometheus.HistogramVec
 	stale        *prometheus.CounterVec
 	sourceErrors *prometheus.CounterVec
-	replicas     *prometheus.GaugeVec
-	active       *prometheus.GaugeVec
-	depth        *prometheus.GaugeVec
-	inFlight     *prometheus.GaugeVec
-	oldestAge    *prometheus.GaugeVec
-	arrivalRate  *prometheus.GaugeVec
-	maxDeliv     *prometheus.GaugeVec
-	maxReplicas  *prometheus.GaugeVec
-	policyRepl   *prometheus.GaugeVec
-	reason       *prometheus.GaugeVec
-	hintConc     *prometheus.GaugeVec
-	hintPrefetch *prometheus.GaugeVec
-	cooldown     *prometheus.GaugeVec
-	// The inputs consumer metrics feed into a decision.
-	processingTime  *prometheus.GaugeVec
-	processingP95   *prometheus.GaugeVec
-	processingFrom  *prometheus.GaugeVec
-	consumptionRate *prometheus.GaugeVec
-	failureRate     *prometheus.GaugeVec
-	readyPods       *prometheus.GaugeVec
-	// Dead-lettered and scheduled messages, for sources that count them.
-	deadLetter     *prometheus.GaugeVec
-	deadLetterRate *prometheus.GaugeVec
-	scheduled      *prometheus.GaugeVec
+	// objects are the per-object gauges: the decision, its inputs and
+	// hints, the reason class and where the processing time came from.
+	objects *objectSeries
 	// ConfigReloads counts reloads by result ("ok" or "error").
 	ConfigReloads *prometheus.CounterVec
 	// ConfigLastReloadOK is 1 when the last reload attempt succeeded.
 	ConfigLastReloadOK prometheus.Gauge
+	// state counts the state store's failures and conflicts.
+	state stateMetrics
 }
 
 var objectLabels = []string{"namespace", "scaledobject"}
@@ -53,9 +34,6 @@ var objectLabels = []string{"namespace", "scaledobject"}
 // NewMetrics creates the series and registers them on reg (nil: unregistered,
 // for tests and tools that do not export).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	gauge := func(name, help string) *prometheus.GaugeVec {
-		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, objectLabels)
-	}
 	m := &Metrics{
 		rpcTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flowscaler_grpc_requests_total", Help: "KEDA protocol calls by method and gRPC status code.",
@@ -70,40 +48,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		sourceErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flowscaler_object_source_errors_total", Help: "Failed source reads seen by an object's evaluations.",
 		}, objectLabels),
-		replicas:    gauge("flowscaler_desired_replicas", "Replica target served to KEDA."),
-		active:      gauge("flowscaler_active", "1 when visible plus in-flight work exceeds the activation depth."),
-		depth:       gauge("flowscaler_queue_depth", "Visible backlog: list length or undelivered stream entries."),
-		inFlight:    gauge("flowscaler_in_flight", "Delivered but unacknowledged messages (stream pending entries)."),
-		oldestAge:   gauge("flowscaler_oldest_message_age_seconds", "Age of the oldest undelivered message; absent when unknown."),
-		arrivalRate: gauge("flowscaler_arrival_rate", "Measured arrival rate in messages per second; absent until measurable."),
-		maxDeliv:    gauge("flowscaler_max_delivery_count", "Highest delivery count among the oldest pending messages."),
-		maxReplicas: gauge("flowscaler_max_replicas", "The object's maxReplicas: the ceiling of the target."),
-		policyRepl:  gauge("flowscaler_policy_replicas", "flowscaler's own target; differs from flowscaler_desired_replicas only in shadow mode."),
-		reason: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "flowscaler_decision_reason", Help: "1 for the class of the current decision: scale-up, steady, holding, idle, stalled, clamped-max or stale.",
-		}, append(objectLabels, "reason")),
-		hintConc:     gauge("flowscaler_hint_concurrency", "Recommended per-pod concurrent-message limit."),
-		hintPrefetch: gauge("flowscaler_hint_prefetch", "Recommended per-pod prefetch."),
-		cooldown:     gauge("flowscaler_cooldown_seconds", "Scale-down stabilisation window in effect."),
-		processingTime: gauge("flowscaler_processing_time_seconds",
-			"Processing time per message (W) the replica target was computed with: measured, last good or configured."),
-		processingP95: gauge("flowscaler_processing_time_p95_seconds",
-			"95th-percentile processing time per message from consumer metrics; absent when unknown."),
-		processingFrom: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "flowscaler_processing_time_from",
-			Help: "1 for where the processing time came from (measured, last-good or configured), 0 for the others.",
-		}, append(append([]string(nil), objectLabels...), "from")),
-		consumptionRate: gauge("flowscaler_consumption_rate",
-			"Messages consumed per second, from consumer metrics or stream counters; absent when unknown."),
-		failureRate: gauge("flowscaler_failure_rate",
-			"Messages whose processing failed per second, from consumer metrics; absent when unknown."),
-		readyPods: gauge("flowscaler_ready_pods", "Ready consumer pods, from consumer metrics; absent when unknown."),
-		deadLetter: gauge("flowscaler_dead_letter_messages",
-			"Dead-lettered messages of the queue (Service Bus: dead-letter and transfer-dead-letter subqueues); absent when the source has none."),
-		deadLetterRate: gauge("flowscaler_dead_letter_rate",
-			"Growth of the dead-lettered messages per second over the rate window; absent until measurable."),
-		scheduled: gauge("flowscaler_scheduled_messages",
-			"Messages scheduled for later delivery, never counted as backlog; absent when unknown."),
+		objects: newObjectSeries(objectGaugeHelp,
+			prometheus.NewDesc("flowscaler_decision_reason",
+				"1 for the class of the current decision: scale-up, steady, holding, idle, stalled, clamped-max or stale.",
+				append(append([]string(nil), objectLabels...), "reason"), nil),
+			prometheus.NewDesc("flowscaler_processing_time_from",
+				"1 for where the processing time came from (measured, last-good or configured), 0 for the others.",
+				append(append([]string(nil), objectLabels...), "from"), nil)),
 		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flowscaler_config_reloads_total", Help: "Config reload attempts by result.",
 		}, []string{"result"}),
@@ -112,36 +63,66 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	m.ConfigLastReloadOK.Set(1)
+	m.state = newStateMetrics()
 	if reg != nil {
-		reg.MustRegister(m.rpcTotal, m.rpcDuration, m.stale, m.sourceErrors, m.replicas, m.active, m.depth,
-			m.inFlight, m.oldestAge, m.arrivalRate, m.maxDeliv, m.maxReplicas, m.policyRepl, m.reason, m.hintConc, m.hintPrefetch, m.cooldown,
-			m.processingTime, m.processingP95, m.processingFrom, m.consumptionRate, m.failureRate, m.readyPods,
-			m.deadLetter, m.deadLetterRate, m.scheduled,
-			m.ConfigReloads, m.ConfigLastReloadOK)
+		reg.MustRegister(m.rpcTotal, m.rpcDuration, m.stale, m.sourceErrors, m.objects,
+			m.ConfigReloads, m.ConfigLastReloadOK, m.state.errors, m.state.conflicts)
 	}
 	return m
 }
 
+// objectGaugeHelp names and explains each per-object gauge.
+var objectGaugeHelp = [numGauges][2]string{
+	gReplicas:        {"flowscaler_desired_replicas", "Replica target served to KEDA."},
+	gActive:          {"flowscaler_active", "1 when visible plus in-flight work exceeds the activation depth."},
+	gDepth:           {"flowscaler_queue_depth", "Visible backlog: list length or undelivered stream entries."},
+	gInFlight:        {"flowscaler_in_flight", "Delivered but unacknowledged messages (stream pending entries)."},
+	gOldestAge:       {"flowscaler_oldest_message_age_seconds", "Age of the oldest undelivered message; absent when unknown."},
+	gArrivalRate:     {"flowscaler_arrival_rate", "Measured arrival rate in messages per second; absent until measurable."},
+	gMaxDeliveries:   {"flowscaler_max_delivery_count", "Highest delivery count among the oldest pending messages."},
+	gMaxReplicas:     {"flowscaler_max_replicas", "The object's maxReplicas: the ceiling of the target."},
+	gPolicyReplicas:  {"flowscaler_policy_replicas", "flowscaler's own target; differs from flowscaler_desired_replicas only in shadow mode."},
+	gHintConcurrency: {"flowscaler_hint_concurrency", "Recommended per-pod concurrent-message limit."},
+	gHintPrefetch:    {"flowscaler_hint_prefetch", "Recommended per-pod prefetch."},
+	gCooldown:        {"flowscaler_cooldown_seconds", "Scale-down stabilisation window in effect."},
+	gProcessingTime: {"flowscaler_processing_time_seconds",
+		"Processing time per message (W) the replica target was computed with: measured, last good or configured."},
+	gProcessingP95: {"flowscaler_processing_time_p95_seconds",
+		"95th-percentile processing time per message from consumer metrics; absent when unknown."},
+	gConsumptionRate: {"flowscaler_consumption_rate",
+		"Messages consumed per second, from consumer metrics or stream counters; absent when unknown."},
+	gFailureRate: {"flowscaler_failure_rate",
+		"Messages whose processing failed per second, from consumer metrics; absent when unknown."},
+	gReadyPods: {"flowscaler_ready_pods", "Ready consumer pods, from consumer metrics; absent when unknown."},
+	gDeadLetter: {"flowscaler_dead_letter_messages",
+		"Dead-lettered messages of the queue (Service Bus: dead-letter and transfer-dead-letter subqueues); absent when the source has none."},
+	gDeadLetterRate: {"flowscaler_dead_letter_rate",
+		"Growth of the dead-lettered messages per second over the rate window; absent until measurable."},
+	gScheduled: {"flowscaler_scheduled_messages",
+		"Messages scheduled for later delivery, never counted as backlog; absent when unknown."},
+}
+
 func (m *Metrics) observeDecision(ev Evaluation) {
-	l := prometheus.Labels{"namespace": ev.Object.Namespace, "scaledobject": ev.Object.Name}
 	d := ev.Decision
-	m.replicas.With(l).Set(float64(d.Replicas))
-	m.active.With(l).Set(b2f(d.Active))
-	m.depth.With(l).Set(ev.Reading.Depth)
-	m.inFlight.With(l).Set(ev.Reading.InFlight)
-	m.maxDeliv.With(l).Set(float64(ev.Reading.MaxDeliveries))
-	setKnown(m.oldestAge, l, ev.Reading.OldestAge.Seconds(), ev.Reading.OldestAge >= 0)
-	setKnown(m.arrivalRate, l, d.Terms.ArrivalRate, !math.IsNaN(d.Terms.ArrivalRate))
-	m.hintConc.With(l).Set(float64(d.Hints.Concurrency))
-	m.hintPrefetch.With(l).Set(float64(d.Hints.Prefetch))
-	m.cooldown.With(l).Set(d.Hints.Cooldown.Seconds())
-	m.maxReplicas.With(l).Set(float64(ev.Object.Params.MaxReplicas))
-	m.policyRepl.With(l).Set(float64(d.Terms.PolicyReplicas))
-	m.setReason(ev.Object, reasonClass(ev))
-	m.observeConsumers(l, ev)
-	setKnown(m.deadLetter, l, ev.Reading.DeadLetter, !math.IsNaN(ev.Reading.DeadLetter))
-	setKnown(m.deadLetterRate, l, ev.DeadLetters.Rate, !math.IsNaN(ev.Reading.DeadLetter) && !math.IsNaN(ev.DeadLetters.Rate))
-	setKnown(m.scheduled, l, ev.Reading.Scheduled, !math.IsNaN(ev.Reading.Scheduled))
+	m.objects.update(ev.Object.Namespace, ev.Object.Name, func(v *objectValues) {
+		v.set(gReplicas, float64(d.Replicas))
+		v.set(gActive, b2f(d.Active))
+		v.set(gDepth, ev.Reading.Depth)
+		v.set(gInFlight, ev.Reading.InFlight)
+		v.set(gMaxDeliveries, float64(ev.Reading.MaxDeliveries))
+		v.setKnown(gOldestAge, ev.Reading.OldestAge.Seconds(), ev.Reading.OldestAge >= 0)
+		v.setKnown(gArrivalRate, d.Terms.ArrivalRate, !math.IsNaN(d.Terms.ArrivalRate))
+		v.set(gHintConcurrency, float64(d.Hints.Concurrency))
+		v.set(gHintPrefetch, float64(d.Hints.Prefetch))
+		v.set(gCooldown, d.Hints.Cooldown.Seconds())
+		v.set(gMaxReplicas, float64(ev.Object.Params.MaxReplicas))
+		v.set(gPolicyReplicas, float64(d.Terms.PolicyReplicas))
+		v.reason = reasonClass(ev)
+		observeConsumers(v, ev)
+		v.setKnown(gDeadLetter, ev.Reading.DeadLetter, !math.IsNaN(ev.Reading.DeadLetter))
+		v.setKnown(gDeadLetterRate, ev.DeadLetters.Rate, !math.IsNaN(ev.Reading.DeadLetter) && !math.IsNaN(ev.DeadLetters.Rate))
+		v.setKnown(gScheduled, ev.Reading.Scheduled, !math.IsNaN(ev.Reading.Scheduled))
+	})
 }
 
 // reasonClasses are the values of flowscaler_decision_reason's reason label:
@@ -168,19 +149,13 @@ func reasonClass(ev Evaluation) string {
 	return "steady"
 }
 
-func (m *Metrics) setReason(o Object, class string) {
-	for _, c := range reasonClasses {
-		m.reason.WithLabelValues(o.Namespace, o.Name, c).Set(b2f(c == class))
-	}
-}
-
 // observeConsumers exports the consumer-metric inputs of a decision. The
 // processing time is always known (configured at worst); the rest only
 // when measured or last good.
-func (m *Metrics) observeConsumers(l prometheus.Labels, ev Evaluation) {
+func observeConsumers(v *objectValues, ev Evaluation) {
 	d := ev.Decision
-	m.processingTime.With(l).Set(d.Terms.ProcessingTime.Seconds())
-	setKnown(m.consumptionRate, l, d.Terms.ConsumptionRate, !math.IsNaN(d.Terms.ConsumptionRate))
+	v.set(gProcessingTime, d.Terms.ProcessingTime.Seconds())
+	v.setKnown(gConsumptionRate, d.Terms.ConsumptionRate, !math.IsNaN(d.Terms.ConsumptionRate))
 	from := fromConfigured
 	if d.Terms.ProcessingFrom == fromMeasured {
 		from = fromMeasured
@@ -190,27 +165,15 @@ func (m *Metrics) observeConsumers(l prometheus.Labels, ev Evaluation) {
 		ci = *ev.Consumers
 		from = ci.ProcessingTime.From
 	}
-	for _, f := range []string{fromMeasured, fromLastGood, fromConfigured} {
-		m.processingFrom.With(prometheus.Labels{"namespace": l["namespace"], "scaledobject": l["scaledobject"], "from": f}).Set(b2f(f == from))
-	}
-	setKnown(m.processingP95, l, ci.ProcessingP95.Value, usable(ci.ProcessingP95))
-	setKnown(m.failureRate, l, ci.FailureRate.Value, usable(ci.FailureRate))
-	setKnown(m.readyPods, l, ci.ReadyPods.Value, usable(ci.ReadyPods))
-}
-
-// setKnown exports a value only when it is known: an absent series is honest,
-// a 0 would be a lie that alerts and dashboards believe.
-func setKnown(g *prometheus.GaugeVec, l prometheus.Labels, v float64, known bool) {
-	if known {
-		g.With(l).Set(v)
-		return
-	}
-	g.Delete(l)
+	v.from = from
+	v.setKnown(gProcessingP95, ci.ProcessingP95.Value, usable(ci.ProcessingP95))
+	v.setKnown(gFailureRate, ci.FailureRate.Value, usable(ci.FailureRate))
+	v.setKnown(gReadyPods, ci.ReadyPods.Value, usable(ci.ReadyPods))
 }
 
 func (m *Metrics) staleAnswer(o Object) {
 	m.stale.WithLabelValues(o.Namespace, o.Name).Inc()
-	m.setReason(o, "stale")
+	m.objects.update(o.Namespace, o.Name, func(v *objectValues) { v.reason = "stale" })
 }
 
 func (m *Metrics) sourceFailure(o Object) {
@@ -218,15 +181,8 @@ func (m *Metrics) sourceFailure(o Object) {
 }
 
 func (m *Metrics) forget(o Object) {
+	m.objects.delete(o.Namespace, o.Name)
 	l := prometheus.Labels{"namespace": o.Namespace, "scaledobject": o.Name}
-	for _, v := range []*prometheus.GaugeVec{m.replicas, m.active, m.depth, m.inFlight, m.oldestAge,
-		m.arrivalRate, m.maxDeliv, m.maxReplicas, m.policyRepl, m.hintConc, m.hintPrefetch, m.cooldown,
-		m.processingTime, m.processingP95, m.consumptionRate, m.failureRate, m.readyPods,
-		m.deadLetter, m.deadLetterRate, m.scheduled} {
-		v.Delete(l)
-	}
-	m.processingFrom.DeletePartialMatch(l)
-	m.reason.DeletePartialMatch(l)
 	m.stale.Delete(l)
 	m.sourceErrors.Delete(l)
 }

@@ -207,8 +207,19 @@ flowscaler_dead_letter_rate{namespace="shop",scaledobject="orders"} 5
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "flowscaler_dead_letter_messages", "flowscaler_dead_letter_rate"); err != nil {
 		t.Error(err)
 	}
-	if got := testutil.ToFloat64(srv.metrics.reason.WithLabelValues("shop", "orders", "stalled")); got != 1 {
-		t.Errorf("flowscaler_decision_reason{reason=\"stalled\"} = %v, want 1", got)
+	wantReason := `
+# HELP flowscaler_decision_reason 1 for the class of the current decision: scale-up, steady, holding, idle, stalled, clamped-max or stale.
+# TYPE flowscaler_decision_reason gauge
+flowscaler_decision_reason{namespace="shop",reason="clamped-max",scaledobject="orders"} 0
+flowscaler_decision_reason{namespace="shop",reason="holding",scaledobject="orders"} 0
+flowscaler_decision_reason{namespace="shop",reason="idle",scaledobject="orders"} 0
+flowscaler_decision_reason{namespace="shop",reason="scale-up",scaledobject="orders"} 0
+flowscaler_decision_reason{namespace="shop",reason="stale",scaledobject="orders"} 0
+flowscaler_decision_reason{namespace="shop",reason="stalled",scaledobject="orders"} 1
+flowscaler_decision_reason{namespace="shop",reason="steady",scaledobject="orders"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantReason), "flowscaler_decision_reason"); err != nil {
+		t.Error(err)
 	}
 }
 
