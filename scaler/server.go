@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +42,10 @@ type Options struct {
 	// TracerProvider gets the spans of each evaluation (queue read, metrics
 	// read, decision); nil records none.
 	TracerProvider trace.TracerProvider
+	// StateStore, when set, holds every object's state so that replicas
+	// share it and a restart keeps it (see sharedstate.go); nil keeps it in
+	// this process alone.
+	StateStore StateStore
 }
 
 // Server implements KEDA's externalscaler service.
@@ -59,6 +65,9 @@ type Server struct {
 	draining chan struct{}
 	drainOne sync.Once
 	swept    atomic.Int64 // unix nanos of the last sweep of idle objects
+
+	store        StateStore
+	storeFailing atomic.Bool // logged once per change, not per call
 }
 
 type parseResult struct {
@@ -70,8 +79,19 @@ type parseResult struct {
 type objectState struct {
 	mu       sync.Mutex
 	obj      Object
-	state    policy.State
 	lastUsed time.Time
+	memory
+	// seq is the state store's sequence number of memory (0: not stored).
+	seq uint64
+	// failure is the error of the latest read when it failed; "" after a
+	// good one.
+	failure string
+}
+
+// memory is what decisions read and write of one object; with a state
+// store, it is what replicas share.
+type memory struct {
+	state policy.State
 	// last is the latest decision from a good reading; served while a source
 	// fails, for at most staleAfter after good.At.
 	last *Evaluation
@@ -79,9 +99,6 @@ type objectState struct {
 	consumers consumerMemory
 	// deadLetters remembers dead-letter counts to measure their growth.
 	deadLetters deadLetterMemory
-	// failure is the error of the latest read when it failed; "" after a
-	// good one.
-	failure string
 }
 
 // Evaluation is one decision with what it was made from.
@@ -128,6 +145,7 @@ func New(opts Options) (*Server, error) {
 		log:           opts.Logger,
 		now:           opts.Now,
 		draining:      make(chan struct{}),
+		store:         opts.StateStore,
 	}
 	if s.metrics == nil {
 		s.metrics = NewMetrics(nil)
@@ -219,6 +237,9 @@ func (s *Server) evaluate(ctx context.Context, ref *pb.ScaledObjectRef, tr trace
 	now := s.now()
 	st.lastUsed = now
 	st.obj = obj
+	if s.store != nil {
+		return s.evaluateShared(ctx, span, tr, st, obj, reading, readErr, m, metricsErr, now, srv)
+	}
 	if readErr != nil {
 		ev, err := s.staleOrFail(ctx, st, readErr, now, time.Duration(srv.StaleAfter))
 		if err == nil {
@@ -233,34 +254,41 @@ func (s *Server) evaluate(ctx context.Context, ref *pb.ScaledObjectRef, tr trace
 		outcome(span, *st.last)
 		return *st.last, nil
 	}
-	in := inputsOf(reading)
-	var consumers *ConsumerInputs
-	if obj.Metrics != nil {
-		if st.consumers == nil {
-			st.consumers = consumerMemory{}
-		}
-		ci := st.consumers.merge(*obj.Metrics, m, metricsErr, now, time.Duration(srv.StaleAfter), obj.Params.ProcessingTime)
-		ci.apply(&in)
-		consumers = &ci
-	}
-	dl := st.deadLetters.observe(reading, now, obj.Params.RateWindow)
-	dl.apply(&in)
-	var note string
-	if consumers != nil {
-		note = consumers.note()
-	}
-	note += dl.note()
-	dec, next := decide(ctx, tr, obj, in, st.state, now, note)
-	st.state = next
-	ev := Evaluation{Object: obj, Reading: reading, Decision: dec, DecidedAt: now, Consumers: consumers, DeadLetters: dl}
-	if st.last != nil {
-		ev.Previous = st.last.Decision.Replicas
-	}
-	st.last = &ev
+	ev := s.decideOn(ctx, tr, obj, &st.memory, reading, m, metricsErr, now, time.Duration(srv.StaleAfter), "")
 	s.metrics.observeDecision(ev)
 	outcome(span, ev)
 	s.sweep(now)
 	return ev, nil
+}
+
+// decideOn runs the policy on a good reading against mem and records the
+// decision in mem; note is added to the reason.
+func (s *Server) decideOn(ctx context.Context, tr trace.Tracer, obj Object, mem *memory, reading sources.Reading, m sources.Metrics, metricsErr error, now time.Time, staleAfter time.Duration, note string) Evaluation {
+	in := inputsOf(reading)
+	var consumers *ConsumerInputs
+	if obj.Metrics != nil {
+		if mem.consumers == nil {
+			mem.consumers = consumerMemory{}
+		}
+		ci := mem.consumers.merge(*obj.Metrics, m, metricsErr, now, staleAfter, obj.Params.ProcessingTime)
+		ci.apply(&in)
+		consumers = &ci
+	}
+	dl := mem.deadLetters.observe(reading, now, obj.Params.RateWindow)
+	dl.apply(&in)
+	var notes string
+	if consumers != nil {
+		notes = consumers.note()
+	}
+	notes += dl.note() + note
+	dec, next := decide(ctx, tr, obj, in, mem.state, now, notes)
+	mem.state = next
+	ev := Evaluation{Object: obj, Reading: reading, Decision: dec, DecidedAt: now, Consumers: consumers, DeadLetters: dl}
+	if mem.last != nil {
+		ev.Previous = mem.last.Decision.Replicas
+	}
+	mem.last = &ev
+	return ev
 }
 
 func (s *Server) staleOrFail(ctx context.Context, st *objectState, readErr error, now time.Time, staleAfter time.Duration) (Evaluation, error) {
@@ -268,6 +296,9 @@ func (s *Server) staleOrFail(ctx context.Context, st *objectState, readErr error
 	if ctx.Err() != nil {
 		// The caller gave up; its deadline, not the source, ended the read.
 		return Evaluation{}, status.FromContextError(ctx.Err()).Err()
+	}
+	if callerDeadlineEnded(ctx, readErr) {
+		return Evaluation{}, status.Errorf(codes.DeadlineExceeded, "%s: the call's deadline passed during the read", q)
 	}
 	s.metrics.sourceFailure(st.obj)
 	st.failure = readErr.Error()
@@ -281,9 +312,37 @@ func (s *Server) staleOrFail(ctx context.Context, st *objectState, readErr error
 			s.metrics.staleAnswer(st.obj)
 			return ev, nil
 		}
-		return Evaluation{}, status.Errorf(codes.Unavailable, "%s: read failed: %v; last good reading is %s old, beyond staleAfter %s", q, readErr, formatDuration(age), staleAfter)
+		return Evaluation{}, status.Errorf(codes.Unavailable, "%s: read failed: %s; last good reading is %s old, beyond staleAfter %s", q, cause(q, readErr), formatDuration(age), staleAfter)
 	}
-	return Evaluation{}, status.Errorf(codes.Unavailable, "%s: read failed: %v; no good reading yet", q, readErr)
+	return Evaluation{}, status.Errorf(codes.Unavailable, "%s: read failed: %s; no good reading yet", q, cause(q, readErr))
+}
+
+// deadlineSlack is how close to the caller's deadline a timed-out read
+// counts as ended by that deadline. A shared read's timer and the call's own
+// fire at the same instant but not in a fixed order; when the read's fires
+// first, ctx.Err() is still nil for a moment.
+var deadlineSlack = 20 * time.Millisecond // a variable for tests only
+
+// callerDeadlineEnded reports whether a read that timed out was cut by the
+// caller's deadline rather than by readTimeout: a slow source is then not
+// counted as failing, and no stale answer goes to a caller that is gone.
+func callerDeadlineEnded(ctx context.Context, readErr error) bool {
+	dl, ok := ctx.Deadline()
+	if !ok || time.Until(dl) > deadlineSlack {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(readErr, context.DeadlineExceeded) || (errors.As(readErr, &ne) && ne.Timeout())
+}
+
+// cause is readErr's text without the query it may start with, which the
+// message around it names already.
+func cause(q sources.Query, readErr error) string {
+	msg := readErr.Error()
+	if rest, ok := strings.CutPrefix(msg, q.String()+": "); ok {
+		return rest
+	}
+	return msg
 }
 
 func (s *Server) stateOf(obj Object) *objectState {
@@ -305,10 +364,11 @@ func (s *Server) sweep(now time.Time) {
 		st := v.(*objectState)
 		if st.mu.TryLock() {
 			idle := now.Sub(st.lastUsed) > idleObjectTTL
+			obj := st.obj // evaluate writes it under the lock
 			st.mu.Unlock()
 			if idle {
 				s.objects.Delete(k)
-				s.metrics.forget(st.obj)
+				s.metrics.forget(obj)
 			}
 		}
 		return true

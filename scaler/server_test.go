@@ -182,6 +182,73 @@ func TestSourceOutageServesLastGoodThenUnavailable(t *testing.T) {
 	}
 }
 
+// A read that timed out as the caller's own deadline ran out is the
+// caller's deadline, not a failing source: no stale answer for a caller that
+// is gone, and the object is not marked failing. A timeout well before the
+// deadline is the source's, and is served stale.
+func TestReadTimeoutAtCallersDeadline(t *testing.T) {
+	// The deadline is always a minute away, so the test does not race the
+	// clock; the slack says whether that counts as "at" the deadline.
+	cases := []struct {
+		name      string
+		slack     time.Duration
+		readErr   error
+		wantCode  codes.Code
+		wantStale bool
+	}{
+		{name: "shared read's timer fired just before the call's", slack: time.Hour,
+			readErr: context.DeadlineExceeded, wantCode: codes.DeadlineExceeded},
+		{name: "network timeout just before the call's deadline", slack: time.Hour,
+			readErr: &net.OpError{Op: "read", Net: "tcp", Err: timeoutErr{}}, wantCode: codes.DeadlineExceeded},
+		{name: "readTimeout, caller has time left", slack: time.Millisecond,
+			readErr: context.DeadlineExceeded, wantCode: codes.OK, wantStale: true},
+		{name: "refused just before the call's deadline", slack: time.Hour,
+			readErr: errors.New("connection refused"), wantCode: codes.OK, wantStale: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, rd, clk := newTestServer(t)
+			r := ref(stream("processingTime", "1s", "targetAge", "10s", "concurrency", "1"))
+			rd.set(40, nil)
+			if _, err := metricValue(t, srv, r); err != nil {
+				t.Fatal(err)
+			}
+			rd.set(0, tc.readErr)
+			clk.Add(2 * time.Second)
+			defer func(s time.Duration) { deadlineSlack = s }(deadlineSlack)
+			deadlineSlack = tc.slack
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			ev, err := srv.Evaluate(ctx, r)
+			if got := status.Code(err); got != tc.wantCode {
+				t.Fatalf("code = %v (%v), want %v", got, err, tc.wantCode)
+			}
+			if ev.Stale != tc.wantStale {
+				t.Errorf("stale = %v, want %v", ev.Stale, tc.wantStale)
+			}
+		})
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+// A source error that starts with the query (as the readers' do) names it
+// once in the Unavailable message, not twice.
+func TestUnavailableNamesTheQueryOnce(t *testing.T) {
+	srv, rd, _ := newTestServer(t)
+	const q = "redis-stream local/orders#workers"
+	rd.set(0, errors.New(q+": XINFO STREAM: connection refused"))
+	_, err := metricValue(t, srv, ref(stream()))
+	want := q + ": read failed: XINFO STREAM: connection refused; no good reading yet"
+	if got := status.Convert(err).Message(); got != want {
+		t.Errorf("message = %q, want %q", got, want)
+	}
+}
+
 func TestNoGoodReadingYetIsUnavailable(t *testing.T) {
 	srv, rd, _ := newTestServer(t)
 	rd.set(0, errors.New("no route to host"))

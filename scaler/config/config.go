@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -32,6 +33,8 @@ type Config struct {
 	Policy      Policy                `yaml:"policy"`
 	// Queries read consumer metrics from prometheus connections.
 	Queries Queries `yaml:"queries"`
+	// State is where objects' policy state is kept (see state.go).
+	State State `yaml:"state"`
 
 	raw []byte // the file as read, before expansion: what Watch compares against
 }
@@ -231,12 +234,20 @@ func Parse(data []byte, lookupEnv func(string) (string, bool), readFile func(str
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, errors.New("config is empty: a truncated file is refused rather than read as all defaults")
 	}
-	expanded, err := expandEnv(data, lookupEnv)
+	expanded, refs, err := expandEnv(data, lookupEnv)
 	if err != nil {
 		return nil, err
 	}
+	c, err := parseExpanded(data, expanded, lookupEnv, readFile)
+	if err != nil {
+		return nil, refs.hide(err)
+	}
+	return c, nil
+}
+
+func parseExpanded(data, expanded []byte, lookupEnv func(string) (string, bool), readFile func(string) ([]byte, error)) (*Config, error) {
 	// Defaults go in first so that an explicit zero stays zero and is refused.
-	c := Config{Server: defaultServer(), Queries: DefaultQueries(), raw: bytes.Clone(data)}
+	c := Config{Server: defaultServer(), Queries: DefaultQueries(), State: defaultState(), raw: bytes.Clone(data)}
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
@@ -246,6 +257,7 @@ func Parse(data []byte, lookupEnv func(string) (string, bool), readFile func(str
 	errs = append(errs, c.resolveConnections(lookupEnv, readFile)...)
 	errs = append(errs, c.Policy.validate()...)
 	errs = append(errs, c.Queries.validate()...)
+	errs = append(errs, c.State.validate(c.Connections)...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -257,8 +269,9 @@ var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
 // expandEnv replaces ${VAR} and ${VAR:-default}. An unset variable without a
 // default is an error, not an empty string: a silently empty URL or name is
 // worse than a refusal to start.
-func expandEnv(data []byte, lookupEnv func(string) (string, bool)) ([]byte, error) {
+func expandEnv(data []byte, lookupEnv func(string) (string, bool)) ([]byte, envRefs, error) {
 	var errs []error
+	var refs envRefs
 	lines := bytes.Split(data, []byte("\n"))
 	for i, line := range lines {
 		if trimmed := bytes.TrimSpace(line); bytes.HasPrefix(trimmed, []byte("#")) {
@@ -268,6 +281,7 @@ func expandEnv(data []byte, lookupEnv func(string) (string, bool)) ([]byte, erro
 			m := envRef.FindSubmatch(ref)
 			name := string(m[1])
 			if v, ok := lookupEnv(name); ok && v != "" {
+				refs = append(refs, expansion{name: name, value: v})
 				return []byte(v)
 			}
 			if m[2] != nil {
@@ -277,8 +291,54 @@ func expandEnv(data []byte, lookupEnv func(string) (string, bool)) ([]byte, erro
 			return ref
 		})
 	}
-	return bytes.Join(lines, []byte("\n")), errors.Join(errs...)
+	return bytes.Join(lines, []byte("\n")), refs, errors.Join(errs...)
 }
+
+// expansion is one ${NAME} the file used and the value it expanded to.
+type expansion struct{ name, value string }
+
+type envRefs []expansion
+
+// hide writes ${NAME} in err's text where the value of NAME stands. A
+// variable meant for one field (a password) may land in another by mistake
+// (a duration), whose error quotes the value; the error must not carry the
+// secret into logs. Values shorter than minHiddenLen are left alone: they
+// would replace unrelated text ("line 2") and are not secrets anyone uses.
+func (refs envRefs) hide(err error) error {
+	const minHiddenLen = 4
+	msg := err.Error()
+	sorted := slices.Clone(refs)
+	// Longest first, so a value that contains another is hidden whole.
+	slices.SortFunc(sorted, func(a, b expansion) int { return len(b.value) - len(a.value) })
+	changed := false
+	for _, r := range sorted {
+		if len(r.value) >= minHiddenLen && strings.Contains(msg, r.value) {
+			msg = strings.ReplaceAll(msg, r.value, "${"+r.name+"}")
+			changed = true
+		}
+	}
+	// The YAML decoder quotes a value in backticks cut to a few characters
+	// and "...": a prefix of a secret is a leak too.
+	msg = yamlQuoted.ReplaceAllStringFunc(msg, func(q string) string {
+		cut, ok := strings.CutSuffix(q[1:len(q)-1], "...")
+		if !ok || len(cut) < minHiddenLen {
+			return q
+		}
+		for _, r := range sorted {
+			if strings.HasPrefix(r.value, cut) {
+				changed = true
+				return "`${" + r.name + "}`"
+			}
+		}
+		return q
+	})
+	if !changed {
+		return err
+	}
+	return errors.New(msg)
+}
+
+var yamlQuoted = regexp.MustCompile("`[^`]*`")
 
 func defaultServer() Server {
 	return Server{

@@ -188,6 +188,38 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	}
 }
 
+// A secret expanded into the wrong field is quoted by that field's error;
+// the error names the variable instead.
+func TestExpandedSecretInWrongFieldHidden(t *testing.T) {
+	const secret = "pl4nted-s3cret-value"
+	cases := []struct {
+		name string
+		yaml string
+		want string
+	}{
+		{name: "validation error", yaml: "server:\n  staleAfter: ${REDIS_PASSWORD}\n",
+			want: `${REDIS_PASSWORD}`},
+		{name: "decode error", yaml: "policy: ${REDIS_PASSWORD}\n",
+			want: `${REDIS_PASSWORD}`},
+		{name: "a prefix of the value in a longer one", yaml: "server:\n  grpcAddr: ${SHORT}\n  staleAfter: ${REDIS_PASSWORD}\n",
+			want: `${REDIS_PASSWORD}`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), env(map[string]string{"REDIS_PASSWORD": secret, "SHORT": "pl4nted"}), noFiles)
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			if strings.Contains(err.Error(), "pl4nted") {
+				t.Errorf("error leaks the expanded value: %v", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want it to name %s", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestPasswordFile(t *testing.T) {
 	files := func(name string) ([]byte, error) {
 		if name == "/run/secrets/redis" {
