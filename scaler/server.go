@@ -407,12 +407,31 @@ func inputsOf(r sources.Reading) policy.Inputs {
 // evaluation, and if it failed on a source outage KEDA's fallback could
 // never engage. The target is 1, so the HPA's AverageValue maths
 // ceil(value / 1) makes the metric value the replica count.
+//
+// Bad metadata still gets its spec: the spec depends on the object's name
+// alone, and KEDA v2.21 only logs a failed GetMetricSpec (in the operator's
+// log, where a ScaledObject's owner rarely looks) and never asks again. With
+// the spec it creates the HPA, and every GetMetrics and IsActive then
+// answers InvalidArgument, which KEDA records as a KEDAScalerFailed event on
+// the ScaledObject and the HPA shows in its conditions: the message reaches
+// `kubectl describe`. Nothing scales on it; a configured fallback engages,
+// as for any scaler that cannot answer.
 func (s *Server) GetMetricSpec(_ context.Context, ref *pb.ScaledObjectRef) (*pb.GetMetricSpecResponse, error) {
 	obj, err := s.parse(ref)
 	if err != nil {
-		return nil, err
+		if !namedRef(ref) {
+			return nil, err
+		}
+		obj = Object{MetricName: metricName(ref.GetNamespace(), ref.GetName())}
 	}
 	return specOf(obj), nil
+}
+
+// namedRef reports whether ref names an object: a namespace and a name
+// within Kubernetes' limits.
+func namedRef(ref *pb.ScaledObjectRef) bool {
+	ns, name := ref.GetNamespace(), ref.GetName()
+	return ns != "" && name != "" && len(ns) <= 63 && len(name) <= 253
 }
 
 func specOf(obj Object) *pb.GetMetricSpecResponse {

@@ -112,13 +112,33 @@ func TestGetMetricSpecDoesNoSourceIO(t *testing.T) {
 	}
 }
 
+// Bad metadata gets its metric spec (it depends on the name alone), so
+// that KEDA creates the HPA and reports the InvalidArgument of every
+// GetMetrics and IsActive as an event; a ref that names no object does not.
+func TestInvalidMetadataSpecServed(t *testing.T) {
+	srv, _, _ := newTestServer(t)
+	resp, err := srv.GetMetricSpec(context.Background(), ref(stream("targetAge", "5x")))
+	if err != nil {
+		t.Fatalf("GetMetricSpec: %v, want the spec", err)
+	}
+	want := &pb.MetricSpec{MetricName: "flowscaler-shop-orders", TargetSize: 1, TargetSizeFloat: 1}
+	if len(resp.MetricSpecs) != 1 || resp.MetricSpecs[0].String() != want.String() {
+		t.Errorf("spec = %v, want %v", resp.MetricSpecs, want)
+	}
+	for name, r := range map[string]*pb.ScaledObjectRef{
+		"no ref":       nil,
+		"no name":      {Namespace: "shop", ScalerMetadata: stream("targetAge", "5x")},
+		"no namespace": {Name: "orders", ScalerMetadata: stream("targetAge", "5x")},
+	} {
+		if _, err := srv.GetMetricSpec(context.Background(), r); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: GetMetricSpec error = %v, want InvalidArgument", name, err)
+		}
+	}
+}
+
 func TestInvalidMetadataIsInvalidArgument(t *testing.T) {
 	srv, _, _ := newTestServer(t)
 	calls := map[string]func() error{
-		"GetMetricSpec": func() error {
-			_, err := srv.GetMetricSpec(context.Background(), ref(stream("targetAge", "5x")))
-			return err
-		},
 		"GetMetrics": func() error { _, err := metricValue(t, srv, ref(stream("targetAge", "5x"))); return err },
 		"IsActive":   func() error { _, err := srv.IsActive(context.Background(), ref(stream("targetAge", "5x"))); return err },
 	}

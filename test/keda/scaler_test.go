@@ -180,13 +180,14 @@ func TestBadMetadata(t *testing.T) {
 
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			if specs := s.GetMetricSpecForScaling(ctx); len(specs) != 0 {
-				t.Errorf("GetMetricSpecForScaling = %+v, want no spec for bad metadata", specs)
+			// The spec depends on the name alone and is served, so that KEDA
+			// makes the HPA and reports every refusal below as an event.
+			specs := s.GetMetricSpecForScaling(ctx)
+			if len(specs) != 1 || specs[0].External == nil || specs[0].External.Metric.Name != "s0-flowscaler-"+namespace+"-"+tc.name {
+				t.Fatalf("GetMetricSpecForScaling = %+v, want the object's one External metric", specs)
 			}
 
-			// The name KEDA would ask for; flowscaler must refuse the
-			// metadata before it looks at the name.
-			values, active, err := s.GetMetricsAndActivity(ctx, "s0-flowscaler-"+namespace+"-"+tc.name)
+			values, active, err := s.GetMetricsAndActivity(ctx, specs[0].External.Metric.Name)
 			if err == nil {
 				t.Fatalf("GetMetricsAndActivity = (%+v, %v, nil), want an InvalidArgument error", values, active)
 			}

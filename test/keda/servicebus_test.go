@@ -258,7 +258,7 @@ func TestServiceBusMissingEntity(t *testing.T) {
 	if !ok || st.Code() != codes.Unavailable {
 		t.Fatalf("GetMetricsAndActivity = (%v, %v, %v), want Unavailable", ev.Value, ev.Active, ev.Err)
 	}
-	if want := `servicebus-queue bus/ghost: queue "ghost": entity does not exist`; !strings.Contains(st.Message(), want) {
+	if want := `servicebus-queue bus/ghost: read failed: queue "ghost": entity does not exist`; !strings.Contains(st.Message(), want) {
 		t.Errorf("message %q does not contain %q", st.Message(), want)
 	}
 }
