@@ -28,6 +28,7 @@ var (
 	globalMetrics = []string{
 		"flowscaler_source_read_errors_total", "flowscaler_grpc_requests_total",
 		"flowscaler_config_reloads_total", "flowscaler_config_last_reload_successful",
+		"flowscaler_state_store_errors_total", "flowscaler_state_store_conflicts_total",
 	}
 	histograms = []string{"flowscaler_source_read_duration_seconds", "flowscaler_grpc_request_duration_seconds"}
 )
