@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/flowscaler/flowscaler/sources/proctest"
 )
 
 // Process is a child process the tool started: the daemon or redis-server.
@@ -37,7 +39,7 @@ func StartRedis(dir string) (*Process, error) {
 	if err != nil {
 		return nil, errors.New("redis-server is not on PATH: install it (test/deps.sh does) or pass --redis-addr")
 	}
-	port, err := freePort()
+	port, err := proctest.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -63,11 +65,11 @@ func StartDaemon(o DaemonOptions) (*Process, error) {
 	if err := os.WriteFile(cfgPath, []byte(o.Config), 0o600); err != nil {
 		return nil, err
 	}
-	gport, err := freePort()
+	gport, err := proctest.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	hport, err := freePort()
+	hport, err := proctest.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +114,7 @@ func start(cmd *exec.Cmd, logPath, addr, httpAddr string, ready func() error) (*
 	for {
 		select {
 		case <-p.exited:
-			return nil, fmt.Errorf("%s exited during start-up; log:\n%s", cmd.Path, tail(logPath))
+			return nil, fmt.Errorf("%s exited during start-up; log:\n%s", cmd.Path, proctest.Tail(logPath))
 		default:
 		}
 		err := ready()
@@ -121,32 +123,12 @@ func start(cmd *exec.Cmd, logPath, addr, httpAddr string, ready func() error) (*
 		}
 		if time.Now().After(deadline) {
 			p.Stop()
-			return nil, fmt.Errorf("%s was not ready within %s (%v); log:\n%s", cmd.Path, startTimeout, err, tail(logPath))
+			return nil, fmt.Errorf("%s was not ready within %s (%v); log:\n%s", cmd.Path, startTimeout, err, proctest.Tail(logPath))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	const limit = 2000
-	if len(b) > limit {
-		b = b[len(b)-limit:]
-	}
-	return string(b)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
 
 func pingRedis(addr string) error {
 	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
