@@ -129,7 +129,6 @@ func start(cmd *exec.Cmd, logPath, addr, httpAddr string, ready func() error) (*
 	}
 }
 
-
 func pingRedis(addr string) error {
 	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 	if err != nil {
