@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
+	"github.com/flowscaler/flowscaler/scaler/tlstest"
 	"github.com/flowscaler/flowscaler/sources/promtest"
 )
 
@@ -378,17 +379,18 @@ func TestPrometheusBearerToken(t *testing.T) {
 }
 
 func TestPrometheusTLSAndBasicAuth(t *testing.T) {
-	cert, key := promtest.SelfSignedCert(t)
+	ca := tlstest.NewCA(t, "prometheus-ca")
+	cert, key := ca.Issue(t, "prometheus", true)
 	prom := promtest.Start(t, promtest.Options{TLSCertFile: cert, TLSKeyFile: key, BasicAuthUser: "flowscaler", BasicAuthPassword: "right"})
 	tests := []struct {
 		name    string
 		conn    PrometheusConnection
 		wantErr string
 	}{
-		{name: "verified with the CA, right password", conn: PrometheusConnection{URL: prom.URL(), Username: "flowscaler", Password: "right", TLS: PrometheusTLS{CAFile: cert}}},
-		{name: "wrong password", conn: PrometheusConnection{URL: prom.URL(), Username: "flowscaler", Password: "wrong", TLS: PrometheusTLS{CAFile: cert}}, wantErr: "client error: 401"},
+		{name: "verified with the CA, right password", conn: PrometheusConnection{URL: prom.URL(), Username: "flowscaler", Password: "right", TLS: PrometheusTLS{CAFile: ca.File()}}},
+		{name: "wrong password", conn: PrometheusConnection{URL: prom.URL(), Username: "flowscaler", Password: "wrong", TLS: PrometheusTLS{CAFile: ca.File()}}, wantErr: "client error: 401"},
 		{name: "unknown CA", conn: PrometheusConnection{URL: prom.URL(), Username: "flowscaler", Password: "right"}, wantErr: "prometheus monitoring unreachable: tls: failed to verify certificate"},
-		{name: "server name mismatch", conn: PrometheusConnection{URL: prom.URL(), Username: "flowscaler", Password: "right", TLS: PrometheusTLS{CAFile: cert, ServerName: "prometheus.example"}}, wantErr: "certificate is valid for localhost, not prometheus.example"},
+		{name: "server name mismatch", conn: PrometheusConnection{URL: prom.URL(), Username: "flowscaler", Password: "right", TLS: PrometheusTLS{CAFile: ca.File(), ServerName: "prometheus.example"}}, wantErr: "certificate is valid for localhost, not prometheus.example"},
 		{name: "insecureSkipVerify", conn: PrometheusConnection{URL: prom.URL(), Username: "flowscaler", Password: "right", TLS: PrometheusTLS{InsecureSkipVerify: true}}},
 	}
 	for _, tc := range tests {

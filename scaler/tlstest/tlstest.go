@@ -54,7 +54,7 @@ func NewCA(t testing.TB, name string) *CA {
 func (ca *CA) File() string { return filepath.Join(ca.dir, "ca.pem") }
 
 // Issue writes name.pem and name-key.pem signed by the CA: a server
-// certificate for 127.0.0.1 when server is true, else a client certificate.
+// certificate for 127.0.0.1 and localhost when server is true, else a client certificate.
 // Every certificate gets a new serial number.
 func (ca *CA) Issue(t testing.TB, name string, server bool) (certFile, keyFile string) {
 	t.Helper()
@@ -71,6 +71,7 @@ func (ca *CA) Issue(t testing.TB, name string, server bool) (certFile, keyFile s
 	if server {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+		tmpl.DNSNames = []string{"localhost"}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
