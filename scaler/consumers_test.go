@@ -414,7 +414,7 @@ flowscaler_processing_time_p95_seconds{namespace="shop",scaledobject="orders"} 0
 flowscaler_processing_time_seconds{namespace="shop",scaledobject="orders"} 0.4
 `
 	names := []string{"flowscaler_failure_rate", "flowscaler_processing_time_from", "flowscaler_processing_time_p95_seconds", "flowscaler_processing_time_seconds", "flowscaler_ready_pods"}
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
+	if err := testutil.GatherAndCompare(srv.metrics.Gatherers(reg), strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}
 
@@ -435,7 +435,7 @@ flowscaler_processing_time_from{from="measured",namespace="shop",scaledobject="o
 # TYPE flowscaler_processing_time_seconds gauge
 flowscaler_processing_time_seconds{namespace="shop",scaledobject="orders"} 2
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
+	if err := testutil.GatherAndCompare(srv.metrics.Gatherers(reg), strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -141,7 +140,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	healthpb.RegisterHealthServer(gs, hs)
 
 	var ready atomic.Bool
-	hsrv := &http.Server{Handler: httpMux(reg, srv, &ready), ReadHeaderTimeout: 5 * time.Second}
+	hsrv := &http.Server{Handler: httpMux(reg, metrics, srv, &ready), ReadHeaderTimeout: 5 * time.Second}
 
 	errc := make(chan error, 2)
 	go func() { errc <- gs.Serve(grpcLis) }()
@@ -291,9 +290,9 @@ func (r router) Read(ctx context.Context, q sources.Query) (sources.Reading, err
 	return rd.Read(ctx, q)
 }
 
-func httpMux(reg *prometheus.Registry, srv *Server, ready *atomic.Bool) *http.ServeMux {
+func httpMux(reg *prometheus.Registry, metrics *Metrics, srv *Server, ready *atomic.Bool) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("GET /metrics", metrics.Handler(reg))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

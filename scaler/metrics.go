@@ -32,7 +32,9 @@ type Metrics struct {
 var objectLabels = []string{"namespace", "scaledobject"}
 
 // NewMetrics creates the series and registers them on reg (nil: unregistered,
-// for tests and tools that do not export).
+// for tests and tools that do not export). The per-object gauges are not
+// registered: Handler writes them after reg's families, and Gatherers
+// adds them to a gatherer.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		rpcTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -49,12 +51,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "flowscaler_object_source_errors_total", Help: "Failed source reads seen by an object's evaluations.",
 		}, objectLabels),
 		objects: newObjectSeries(objectGaugeHelp,
-			prometheus.NewDesc("flowscaler_decision_reason",
-				"1 for the class of the current decision: scale-up, steady, holding, idle, stalled, clamped-max or stale.",
-				append(append([]string(nil), objectLabels...), "reason"), nil),
-			prometheus.NewDesc("flowscaler_processing_time_from",
-				"1 for where the processing time came from (measured, last-good or configured), 0 for the others.",
-				append(append([]string(nil), objectLabels...), "from"), nil)),
+			family{"flowscaler_decision_reason",
+				"1 for the class of the current decision: scale-up, steady, holding, idle, stalled, clamped-max or stale."},
+			family{"flowscaler_processing_time_from",
+				"1 for where the processing time came from (measured, last-good or configured), 0 for the others."}),
 		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flowscaler_config_reloads_total", Help: "Config reload attempts by result.",
 		}, []string{"result"}),
@@ -65,14 +65,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.ConfigLastReloadOK.Set(1)
 	m.state = newStateMetrics()
 	if reg != nil {
-		reg.MustRegister(m.rpcTotal, m.rpcDuration, m.stale, m.sourceErrors, m.objects,
+		reg.MustRegister(m.rpcTotal, m.rpcDuration, m.stale, m.sourceErrors,
 			m.ConfigReloads, m.ConfigLastReloadOK, m.state.errors, m.state.conflicts)
 	}
 	return m
 }
 
 // objectGaugeHelp names and explains each per-object gauge.
-var objectGaugeHelp = [numGauges][2]string{
+var objectGaugeHelp = [numGauges]family{
 	gReplicas:        {"flowscaler_desired_replicas", "Replica target served to KEDA."},
 	gActive:          {"flowscaler_active", "1 when visible plus in-flight work exceeds the activation depth."},
 	gDepth:           {"flowscaler_queue_depth", "Visible backlog: list length or undelivered stream entries."},

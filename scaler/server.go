@@ -215,7 +215,9 @@ func (s *Server) evaluate(ctx context.Context, ref *pb.ScaledObjectRef, tr trace
 		return Evaluation{}, err
 	}
 	span := trace.SpanFromContext(ctx)
-	span.SetAttributes(objectAttributes(obj)...)
+	if span.IsRecording() {
+		span.SetAttributes(objectAttributes(obj)...)
+	}
 	srv := s.cfg.Load().Server
 	st := s.stateOf(obj)
 

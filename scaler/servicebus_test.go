@@ -154,7 +154,8 @@ func TestDeadLetterSpike(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)}
 	rd := &sbScripted{now: clk.Now}
 	reg := prometheus.NewRegistry()
-	srv, err := New(Options{Reader: rd, Config: sbConfig(t), Now: clk.Now, Metrics: NewMetrics(reg)})
+	m := NewMetrics(reg)
+	srv, err := New(Options{Reader: rd, Config: sbConfig(t), Now: clk.Now, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +205,7 @@ flowscaler_dead_letter_messages{namespace="shop",scaledobject="orders"} 300
 # TYPE flowscaler_dead_letter_rate gauge
 flowscaler_dead_letter_rate{namespace="shop",scaledobject="orders"} 5
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "flowscaler_dead_letter_messages", "flowscaler_dead_letter_rate"); err != nil {
+	if err := testutil.GatherAndCompare(m.Gatherers(reg), strings.NewReader(want), "flowscaler_dead_letter_messages", "flowscaler_dead_letter_rate"); err != nil {
 		t.Error(err)
 	}
 	wantReason := `
@@ -218,7 +219,7 @@ flowscaler_decision_reason{namespace="shop",reason="stale",scaledobject="orders"
 flowscaler_decision_reason{namespace="shop",reason="stalled",scaledobject="orders"} 1
 flowscaler_decision_reason{namespace="shop",reason="steady",scaledobject="orders"} 0
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantReason), "flowscaler_decision_reason"); err != nil {
+	if err := testutil.GatherAndCompare(m.Gatherers(reg), strings.NewReader(wantReason), "flowscaler_decision_reason"); err != nil {
 		t.Error(err)
 	}
 }

@@ -106,9 +106,13 @@ func objectAttributes(obj Object) []attribute.KeyValue {
 
 // readQueue is the queue read, in a client span.
 func (s *Server) readQueue(ctx context.Context, tr trace.Tracer, obj Object) (sources.Reading, error) {
-	ctx, span := tr.Start(ctx, "source.read", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(objectAttributes(obj)...))
+	ctx, span := tr.Start(ctx, "source.read", trace.WithSpanKind(trace.SpanKindClient))
 	defer span.End()
 	r, err := s.reader.Read(ctx, obj.Query)
+	if !span.IsRecording() {
+		return r, err
+	}
+	span.SetAttributes(objectAttributes(obj)...)
 	if err != nil {
 		failed(span, err)
 		return r, err
@@ -130,10 +134,14 @@ func (s *Server) readQueue(ctx context.Context, tr trace.Tracer, obj Object) (so
 // metric that could not be read is an event; the span fails when nothing
 // could be read.
 func (s *Server) readConsumerMetrics(ctx context.Context, tr trace.Tracer, obj Object) (sources.Metrics, error) {
-	ctx, span := tr.Start(ctx, "metrics.read", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(objectAttributes(obj)...), trace.WithAttributes(attrMetricsSource.String(obj.Metrics.String())))
+	ctx, span := tr.Start(ctx, "metrics.read", trace.WithSpanKind(trace.SpanKindClient))
 	defer span.End()
 	m, err := s.metricsReader.ReadMetrics(ctx, *obj.Metrics)
+	if !span.IsRecording() {
+		return m, err
+	}
+	span.SetAttributes(objectAttributes(obj)...)
+	span.SetAttributes(attrMetricsSource.String(obj.Metrics.String()))
 	if err != nil {
 		failed(span, err)
 		return m, err
@@ -172,11 +180,17 @@ func (s *Server) readConsumerMetrics(ctx context.Context, tr trace.Tracer, obj O
 // decide runs the policy in an internal span carrying its inputs, the
 // terms of the formula and the outcome; note is appended to the Reason.
 func decide(ctx context.Context, tr trace.Tracer, obj Object, in policy.Inputs, st policy.State, now time.Time, note string) (policy.Decision, policy.State) {
-	_, span := tr.Start(ctx, "policy.decide", trace.WithAttributes(objectAttributes(obj)...))
+	_, span := tr.Start(ctx, "policy.decide")
 	defer span.End()
 	dec, next := policy.Decide(obj.Params, in, st, now)
 	dec.Reason += note
+	if !span.IsRecording() {
+		// Building ~20 attributes for a span nobody records would be most
+		// of a call's garbage when tracing is off.
+		return dec, next
+	}
 	t := dec.Terms
+	span.SetAttributes(objectAttributes(obj)...)
 	span.SetAttributes(
 		attrDepth.Float64(in.Depth),
 		attrInFlight.Float64(in.InFlight),
@@ -208,6 +222,9 @@ func decide(ctx context.Context, tr trace.Tracer, obj Object, in policy.Inputs, 
 
 // outcome puts the answer on the caller's span (the gRPC server span).
 func outcome(span trace.Span, ev Evaluation) {
+	if !span.IsRecording() {
+		return
+	}
 	span.SetAttributes(
 		attrReplicas.Int(ev.Decision.Replicas),
 		attrActive.Bool(ev.Decision.Active),

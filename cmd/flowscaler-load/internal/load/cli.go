@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,7 +21,7 @@ Usage:
   flowscaler-load [--flowscaler bin/flowscaler] [--cpus 0] [--redis-addr HOST:PORT]
                   [--objects 10000] [--streams 500] [--interval 15s] [--compression 5]
                   [--intervals 20 | --duration 24h] [--read-cache-ttl 1s] [--hpa]
-                  [--check-growth] [--json OUT]
+                  [--check-growth] [--gogc 400] [--json OUT]
   flowscaler-load --addr HOST:PORT --http-addr HOST:PORT [--pid PID] --redis-addr HOST:PORT ...
 
 By default it starts redis-server (from PATH) and the daemon (` + "`flowscaler serve`" + `, pinned
@@ -57,6 +58,7 @@ func RunCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	checkGrowth := fs.Bool("check-growth", false, "fail when RSS or goroutines grow, or any call fails (the soak)")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	progress := fs.Bool("progress", true, "print a line per sample to stderr")
+	gogc := fs.Int("gogc", 400, "the tool's own GOGC (the daemon keeps its environment's): a lazier collector keeps the tool's pauses out of the latencies it measures")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,6 +66,7 @@ func RunCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	o.Seed = *seed
+	debug.SetGCPercent(*gogc)
 	if *duration > 0 {
 		if o.Interval <= 0 {
 			return fmt.Errorf("interval = %q: must be positive", o.Interval)
