@@ -76,8 +76,16 @@ func newTestPKI(t *testing.T) testPKI {
 	}
 }
 
-// fakeSecret is the content a test gives key of Secret name.
-func fakeSecret(name, key string) string { return "secret:" + name + "/" + key }
+// fakeSecret is the content a test gives key of Secret name. A key named
+// connectionString holds a well-formed Service Bus connection string, since
+// flowscaler checks its shape, with the marker as its key.
+func fakeSecret(name, key string) string {
+	marker := "secret:" + name + "/" + key
+	if key == "connectionString" {
+		return "Endpoint=sb://" + name + ".servicebus.windows.net/;SharedAccessKeyName=flowscaler;SharedAccessKey=" + marker
+	}
+	return marker
+}
 
 // podView is what the flowscaler container sees: its config volume laid out
 // in a directory, and its environment.

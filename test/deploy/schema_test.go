@@ -71,8 +71,14 @@ func yamlFields(v any) []string {
 	typ := reflect.TypeOf(v)
 	for i := range typ.NumField() {
 		f := typ.Field(i)
-		if tag := strings.Split(f.Tag.Get("yaml"), ",")[0]; f.IsExported() && tag != "" && tag != "-" {
-			names = append(names, tag)
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		switch {
+		case !f.IsExported() || name == "-":
+		case opts == "inline":
+			// An inlined struct's keys are the parent's own.
+			names = append(names, yamlFields(reflect.Zero(f.Type).Interface())...)
+		case name != "":
+			names = append(names, name)
 		}
 	}
 	slices.Sort(names)
@@ -115,6 +121,7 @@ func TestSchemaCoversConfig(t *testing.T) {
 		chartKey := map[string]string{
 			"passwordFromEnv": "password", "passwordFile": "password",
 			"bearerTokenFromEnv": "bearerToken", "bearerTokenFile": "bearerToken",
+			"connectionStringFromEnv": "connectionString", "connectionStringFile": "connectionString",
 		}
 		var want []string
 		for _, f := range yamlFields(config.Connection{}) {

@@ -74,18 +74,23 @@ from this list, so the config never names a variable or file the pod lacks.
 {{- $out := list }}
 {{- range $name, $conn := .Values.config.connections }}
 {{- $envName := regexReplaceAll "[^A-Z0-9]+" (upper $name) "_" }}
-{{- range $kind := list "password" "bearerToken" }}
+{{- /* value key: default Secret key, environment suffix, file name */}}
+{{- $kinds := dict
+      "password" (list "password" "PASSWORD" "password")
+      "bearerToken" (list "token" "BEARER_TOKEN" "bearer-token")
+      "connectionString" (list "connectionString" "CONNECTION_STRING" "connection-string") }}
+{{- range $kind := list "password" "bearerToken" "connectionString" }}
 {{- $s := get $conn $kind }}
 {{- if and $s $s.secretName }}
-{{- $isPassword := eq $kind "password" }}
+{{- $k := get $kinds $kind }}
 {{- $out = append $out (dict
       "connection" $name
-      "field" (ternary "password" "bearerToken" $isPassword)
+      "field" $kind
       "secretName" $s.secretName
-      "secretKey" (default (ternary "password" "token" $isPassword) $s.secretKey)
+      "secretKey" (default (index $k 0) $s.secretKey)
       "from" (default "env" $s.from)
-      "env" (printf "FLOWSCALER_%s_%s" $envName (ternary "PASSWORD" "BEARER_TOKEN" $isPassword))
-      "path" (printf "secrets/%s/%s" $name (ternary "password" "bearer-token" $isPassword))) }}
+      "env" (printf "FLOWSCALER_%s_%s" $envName (index $k 1))
+      "path" (printf "secrets/%s/%s" $name (index $k 2))) }}
 {{- end }}
 {{- end }}
 {{- with $conn.tls }}
