@@ -2,6 +2,7 @@
 package proctest
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -116,4 +117,23 @@ func (s *Slot) Kill() {
 		s.proc.Kill()
 		s.proc = nil
 	}
+}
+
+// Output collects a process's or logger's output while a test reads it:
+// the writer writes from its own goroutines.
+type Output struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (o *Output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.Write(p)
+}
+
+func (o *Output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
 }

@@ -1,7 +1,6 @@
 package keda
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +23,8 @@ import (
 	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
 	"github.com/kedacore/keda/v2/pkg/scalers"
 	"github.com/kedacore/keda/v2/pkg/scalers/scalersconfig"
+
+	"github.com/flowscaler/flowscaler/sources/proctest"
 )
 
 // daemonBin is the flowscaler binary under test, built once by TestMain.
@@ -73,31 +73,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// lockedBuffer collects the daemon's output; the process writes it while
-// tests read it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // daemon is one running flowscaler process.
 type daemon struct {
 	GRPCAddr string
 	HTTPAddr string
 	cmd      *exec.Cmd
-	out      *lockedBuffer
+	out      *proctest.Output
 	exited   chan struct{}
 	waitErr  error
 }
@@ -156,7 +137,7 @@ func startDaemon(t *testing.T, o daemonOptions) *daemon {
 	d := &daemon{
 		GRPCAddr: freeAddr(t),
 		HTTPAddr: freeAddr(t),
-		out:      &lockedBuffer{},
+		out:      &proctest.Output{},
 		exited:   make(chan struct{}),
 	}
 	d.cmd = exec.Command(daemonBin, "serve", "--config", cfgPath, "--grpc-addr", d.GRPCAddr, "--http-addr", d.HTTPAddr)

@@ -1,7 +1,6 @@
 package secrets
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -96,24 +95,6 @@ func (c *captured) all(prefix string) string {
 		}
 	}
 	return b.String()
-}
-
-// lockedBuffer is the log's destination; the daemon writes from many goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // fakePrometheus answers every instant query with 7 when the request
@@ -248,7 +229,7 @@ state: {backend: redis, connection: inurl}
 		t.Fatal(err)
 	}
 
-	var logs lockedBuffer
+	var logs proctest.Output
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	// go-redis's own messages go to the JSON log, as the binary routes them.
 	redis.SetLogger(redisLog{log})
