@@ -112,9 +112,9 @@ func (o *objectSeries) delete(ns, name string) {
 }
 
 // yieldEvery is how many objects a scrape writes between yields of the
-// core, so that a KEDA call arriving mid-scrape waits for about one
-// such batch (some tens of microseconds) rather than for Go's 10 ms
-// preemption tick.
+// core, so that a KEDA call arriving mid-scrape waits for one such batch
+// (microseconds, or a fraction of a millisecond when the batch fills a
+// gzip block) rather than for Go's 10 ms preemption tick.
 const yieldEvery = 32
 
 // entry is one object's values, copied out of the map for a scrape.
@@ -139,9 +139,10 @@ func (o *objectSeries) snapshot() []entry {
 }
 
 // writeText writes every per-object family in the Prometheus text format
-// (version 0.0.4), in the order a client_golang registry would: families
-// as declared, series by label values in the order of the sorted label
-// names, and a family with no series not at all.
+// (version 0.0.4): families in the order declared, each family's series in
+// the order a client_golang registry sorts them into (by label values, in
+// the order of the sorted label names), and a family with no series not
+// at all.
 func (o *objectSeries) writeText(w *bufio.Writer) error {
 	all := o.snapshot()
 	t := textWriter{w: w}
@@ -219,9 +220,8 @@ type textWriter struct {
 	err     error
 }
 
-// sample writes name{namespace="…",[label="value",]scaledobject="…"} v.
-// The extra label sorts between namespace and scaledobject ("from" sorts
-// first, before namespace).
+// sample writes name{namespace="…",scaledobject="…"} v, with label="value"
+// among them in its sorted place when label is set.
 func (t *textWriter) sample(k objectKey, label, value string, v float64) {
 	if t.err != nil {
 		return
@@ -229,19 +229,23 @@ func (t *textWriter) sample(k objectKey, label, value string, v float64) {
 	if t.written != t.family.name {
 		t.header()
 	}
+	pairs := [3][2]string{{"namespace", k.namespace}, {"scaledobject", k.name}}
+	n := 2
+	if label != "" {
+		pairs[2] = [2]string{label, value}
+		n = 3
+		for i := 2; i > 0 && pairs[i][0] < pairs[i-1][0]; i-- {
+			pairs[i], pairs[i-1] = pairs[i-1], pairs[i]
+		}
+	}
 	b := append(t.line[:0], t.family.name...)
 	b = append(b, '{')
-	if label == "from" {
-		b = appendLabel(b, label, value)
-		b = append(b, ',')
+	for i, p := range pairs[:n] {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendLabel(b, p[0], p[1])
 	}
-	b = appendLabel(b, "namespace", k.namespace)
-	if label != "" && label != "from" {
-		b = append(b, ',')
-		b = appendLabel(b, label, value)
-	}
-	b = append(b, ',')
-	b = appendLabel(b, "scaledobject", k.name)
 	b = append(b, "} "...)
 	b = appendFloat(b, v)
 	b = append(b, '\n')
