@@ -135,6 +135,9 @@ e2e:
 # memory; `soak` is 24 h of 15 s polling compressed 120× (about 12 minutes)
 # and fails when memory or goroutines grow.
 LOAD := bin/flowscaler-load
+# The daemon runs on core 0 (the tool's --cpus 0); with a second core the
+# tool and its redis-server take core 1, so they do not share the daemon's.
+LOAD_PIN := $(shell [ "$$(nproc)" -gt 1 ] && command -v taskset >/dev/null && echo taskset -c 1)
 
 bench:
 	CI=$${CI:-} $(GO) test -run='^$$' -bench='^BenchmarkScale$$' -benchtime=4x ./cmd/flowscaler-load/internal/load/
@@ -143,10 +146,10 @@ $(LOAD): build
 	$(GO) build -o $(LOAD) ./cmd/flowscaler-load
 
 load: $(LOAD)
-	$(LOAD) --objects 10000 --streams 500 --compression 1 --intervals 8 --sample-every 8
+	$(LOAD_PIN) $(LOAD) --objects 10000 --streams 500 --compression 1 --intervals 8 --sample-every 8
 
 soak: $(LOAD)
-	$(LOAD) --objects 200 --streams 10 --compression 120 --duration 24h --sample-every 180 --check-growth
+	$(LOAD_PIN) $(LOAD) --objects 200 --streams 10 --compression 120 --duration 24h --sample-every 180 --check-growth
 
 clean:
 	rm -rf bin
