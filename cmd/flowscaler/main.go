@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/demo"
 	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/explain"
+	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/memlimit"
 	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/simulate"
 	"github.com/flowscaler/flowscaler/cmd/flowscaler/internal/telemetry"
 	"github.com/flowscaler/flowscaler/scaler"
@@ -96,6 +98,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	redis.SetLogger(redisLog{log})
+	if c, err := memlimit.From(os.Getenv, os.ReadFile); err != nil {
+		log.Warn("memory limit: keeping Go's default", "error", err.Error())
+	} else {
+		if c.Limit > 0 {
+			debug.SetMemoryLimit(c.Limit)
+		}
+		log.Info("memory limit", "bytes", c.Limit, "from", c.Why)
+	}
 	cfg, err := loadConfig(*path)
 	if err != nil {
 		return err
