@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,7 +22,7 @@ Usage:
   flowscaler-load [--flowscaler bin/flowscaler] [--cpus 0] [--redis-addr HOST:PORT]
                   [--objects 10000] [--streams 500] [--interval 15s] [--compression 5]
                   [--intervals 20 | --duration 24h] [--read-cache-ttl 1s] [--hpa]
-                  [--check-growth] [--gogc 400] [--json OUT]
+                  [--check-growth] [--gogc 400] [--daemon-env KEY=VALUE] [--json OUT]
   flowscaler-load --addr HOST:PORT --http-addr HOST:PORT [--pid PID] --redis-addr HOST:PORT ...
 
 By default it starts redis-server (from PATH) and the daemon (` + "`flowscaler serve`" + `, pinned
@@ -58,6 +59,8 @@ func RunCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	checkGrowth := fs.Bool("check-growth", false, "fail when RSS or goroutines grow, or any call fails (the soak)")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	progress := fs.Bool("progress", true, "print a line per sample to stderr")
+	var daemonEnv envList
+	fs.Var(&daemonEnv, "daemon-env", "KEY=VALUE added to the started daemon's environment (repeatable), e.g. GOGC=200")
 	gogc := fs.Int("gogc", 400, "the tool's own GOGC (the daemon keeps its environment's): a lazier collector keeps the tool's pauses out of the latencies it measures")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -103,7 +106,7 @@ func RunCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	o.GRPCAddr = *addr
 	o.Probe = Probe{PID: *pid, MetricsURL: "http://" + *httpAddr + "/metrics", Redis: rdb}
 	if *addr == "" {
-		d, err := StartDaemon(DaemonOptions{Bin: *bin, CPUs: *cpus, Config: ConfigYAML("redis://"+*redisAddr, *readTTL), Dir: dir})
+		d, err := StartDaemon(DaemonOptions{Bin: *bin, CPUs: *cpus, Config: ConfigYAML("redis://"+*redisAddr, *readTTL), Dir: dir, Env: daemonEnv})
 		if err != nil {
 			return err
 		}
@@ -137,5 +140,18 @@ func RunCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return fmt.Errorf("growth check: %s", rep.Growth.Why)
 		}
 	}
+	return nil
+}
+
+// envList is a repeatable KEY=VALUE flag.
+type envList []string
+
+func (e *envList) String() string { return strings.Join(*e, " ") }
+
+func (e *envList) Set(v string) error {
+	if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+		return fmt.Errorf("%q: must be KEY=VALUE", v)
+	}
+	*e = append(*e, v)
 	return nil
 }

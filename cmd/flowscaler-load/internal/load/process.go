@@ -56,6 +56,9 @@ type DaemonOptions struct {
 	CPUs   string
 	Config string // YAML
 	Dir    string // for the config file and the log
+	// Env is added to the tool's own environment (KEY=VALUE; a later entry
+	// wins), e.g. GOGC=200 for the daemon alone.
+	Env []string
 }
 
 // StartDaemon runs `flowscaler serve` on free loopback ports and waits
@@ -95,7 +98,9 @@ func StartDaemon(o DaemonOptions) (*Process, error) {
 		}
 		return nil
 	}
-	return start(exec.Command(args[0], args[1:]...), filepath.Join(o.Dir, "flowscaler.log"), grpcAddr, httpAddr, ready)
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), o.Env...)
+	return start(cmd, filepath.Join(o.Dir, "flowscaler.log"), grpcAddr, httpAddr, ready)
 }
 
 func start(cmd *exec.Cmd, logPath, addr, httpAddr string, ready func() error) (*Process, error) {
