@@ -185,7 +185,7 @@ func decide(ctx context.Context, tr trace.Tracer, obj Object, in policy.Inputs, 
 	dec, next := policy.Decide(obj.Params, in, st, now)
 	dec.Reason += note
 	if !span.IsRecording() {
-		// Building ~20 attributes for a span nobody records would be most
+		// Building ~20 attributes for a span nobody records would be much
 		// of a call's garbage when tracing is off.
 		return dec, next
 	}
