@@ -86,7 +86,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 	// Every PromQL query, depth or consumer metric, is shared by all the
 	// objects that ask it for queries.cacheTTL.
-	promReader := sources.NewPrometheusReader(sources.CoalesceInstant(promInstrumented, time.Duration(cfg.Queries.CacheTTL), time.Now), time.Now)
+	grace := time.Duration(cfg.Server.ReadCacheGrace)
+	promReader := sources.NewPrometheusReader(sources.CoalesceInstant(promInstrumented,
+		sources.Cache{TTL: time.Duration(cfg.Queries.CacheTTL), Grace: grace}, time.Now), time.Now)
 	instrumented, err := sources.Instrument(Route(map[sources.Kind]Reader{
 		sources.RedisList:   redis,
 		sources.RedisStream: redis,
@@ -98,7 +100,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	if err != nil {
 		return err
 	}
-	reader := sources.Coalesce(instrumented, time.Duration(cfg.Server.ReadCacheTTL), time.Now)
+	reader := sources.Coalesce(instrumented, sources.Cache{TTL: time.Duration(cfg.Server.ReadCacheTTL), Grace: grace}, time.Now)
 	// A nil *RedisStateStore must not become a non-nil StateStore.
 	var store StateStore
 	if rs, err := newStateStore(cfg); err != nil {

@@ -13,12 +13,26 @@ import (
 
 var _ Reader = (*coalesced)(nil)
 
+// Cache is how long shared results are reused.
+type Cache struct {
+	// TTL is how long a successful result answers every caller without a
+	// read. <= 0 only merges concurrent reads.
+	TTL time.Duration
+	// Grace is how long past TTL a result still answers callers while one
+	// read in the background replaces it (stale-while-revalidate): while
+	// the source is healthy, callers never wait on it. A failed read of the
+	// key ends the grace until a read succeeds, so failures reach callers
+	// as they would without it. Callers that ask for a maxAge
+	// (WithMaxAge) get no grace past it. <= 0: none.
+	Grace time.Duration
+}
+
 // Coalesce wraps r so that concurrent reads of the same Query share one
-// underlying read, and a successful reading is reused for ttl (by now, which
-// defaults to time.Now). KEDA polls every ScaledObject separately and
+// underlying read, and a successful reading is reused as c says (by now,
+// which defaults to time.Now). KEDA polls every ScaledObject separately and
 // several can watch the same queue; without this each poll would hit the
 // broker. Errors are not cached, so a failing broker is retried on the next
-// poll. A ttl <= 0 only merges concurrent reads.
+// poll.
 //
 // A caller whose ctx ends returns ctx.Err() at once while the shared read
 // goes on for the others. The shared read runs with the deadline of the
@@ -28,8 +42,12 @@ var _ Reader = (*coalesced)(nil)
 // joined a read it did not start and that read failed tries once more on
 // its own: that read began before it asked, possibly while the broker was
 // still down, and errors are not shared any more than they are cached.
-func Coalesce(r Reader, ttl time.Duration, now func() time.Time) Reader {
-	return &coalesced{shared: newShared(r.Read, flightKey, ttl, now)}
+//
+// A read started in the grace runs in the background with the deadline of
+// the caller that started it, and the reading it returns keeps the time it
+// was taken (Reading.At), so how old an answer is stays known to callers.
+func Coalesce(r Reader, c Cache, now func() time.Time) Reader {
+	return &coalesced{shared: newShared(r.Read, flightKey, c, now)}
 }
 
 type coalesced struct {
@@ -46,6 +64,7 @@ type shared[K comparable, V any] struct {
 	read  func(context.Context, K) (V, error)
 	key   func(K) string // collision-free: singleflight keys are strings
 	ttl   time.Duration
+	grace time.Duration // >= 0
 	now   func() time.Time
 	group singleflight.Group
 
@@ -56,7 +75,23 @@ type shared[K comparable, V any] struct {
 type cached[V any] struct {
 	value V
 	at    time.Time
+	// refreshing is set while a read started in the grace runs, so that
+	// one read replaces the value however many callers it answers meanwhile.
+	refreshing bool
+	// failed is set when a read of the key failed after this value was
+	// stored: the grace is over until a read succeeds.
+	failed bool
 }
+
+// verdict is what a cached entry allows a caller.
+type verdict int
+
+const (
+	miss         verdict = iota // read and wait
+	fresh                       // answer from the cache
+	graceRefresh                // answer from the cache and start the read that replaces it
+	grace                       // answer from the cache; the read that replaces it runs
+)
 
 // flightResult is what a shared read returns to every waiter.
 type flightResult[V any] struct {
@@ -71,11 +106,11 @@ type flightResult[V any] struct {
 	starter *int
 }
 
-func newShared[K comparable, V any](read func(context.Context, K) (V, error), key func(K) string, ttl time.Duration, now func() time.Time) *shared[K, V] {
+func newShared[K comparable, V any](read func(context.Context, K) (V, error), key func(K) string, c Cache, now func() time.Time) *shared[K, V] {
 	if now == nil {
 		now = time.Now
 	}
-	return &shared[K, V]{read: read, key: key, ttl: ttl, now: now, cache: map[K]cached[V]{}}
+	return &shared[K, V]{read: read, key: key, ttl: c.TTL, grace: max(c.Grace, 0), now: now, cache: map[K]cached[V]{}}
 }
 
 func (s *shared[K, V]) do(ctx context.Context, k K) (V, error) {
@@ -83,7 +118,14 @@ func (s *shared[K, V]) do(ctx context.Context, k K) (V, error) {
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
-	if v, ok := s.lookup(k, maxAgeOf(ctx)); ok {
+	switch v, vd := s.serve(k, maxAgeOf(ctx)); vd {
+	case fresh, grace:
+		return v, nil
+	case graceRefresh:
+		// The result is not waited for: flight stores it or ends the grace.
+		s.group.DoChan(s.key(k), func() (any, error) {
+			return s.flight(ctx, k, nil)
+		})
 		return v, nil
 	}
 	// One retry at most: enough for a waiter that joined a failed read
@@ -124,6 +166,7 @@ func (s *shared[K, V]) flight(callerCtx context.Context, k K, starter *int) (any
 	}
 	v, err := s.read(ctx, k)
 	if err != nil {
+		s.fail(k)
 		return flightResult[V]{expired: errors.Is(ctx.Err(), context.DeadlineExceeded), deadline: dl, starter: starter}, err
 	}
 	s.store(k, v)
@@ -137,6 +180,48 @@ func (s *shared[K, V]) flight(callerCtx context.Context, k K, starter *int) (any
 func laterDeadline(ctx context.Context, dl time.Time) bool {
 	own, ok := ctx.Deadline()
 	return !ok || own.After(dl)
+}
+
+// serve tells what the cache holds for a caller that accepts results up to
+// maxAge old: a value younger than the TTL is fresh; one in the grace
+// (younger than TTL + grace, and than maxAge) answers too unless a read of
+// the key failed since, and the first caller to find it so starts the read
+// that replaces it.
+func (s *shared[K, V]) serve(k K, maxAge time.Duration) (V, verdict) {
+	var zero V
+	ttl := min(s.ttl, maxAge)
+	if ttl <= 0 {
+		return zero, miss
+	}
+	graceEnd := min(s.ttl+s.grace, maxAge)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.cache[k]
+	if !ok {
+		return zero, miss
+	}
+	switch age := s.now().Sub(e.at); {
+	case age < ttl:
+		return e.value, fresh
+	case age >= graceEnd || e.failed:
+		return zero, miss
+	case e.refreshing:
+		return e.value, grace
+	}
+	e.refreshing = true
+	s.cache[k] = e
+	return e.value, graceRefresh
+}
+
+// fail ends the grace of k's cached value, if any: the next caller reads
+// and sees whether the source still fails.
+func (s *shared[K, V]) fail(k K) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.cache[k]; ok {
+		e.failed, e.refreshing = true, false
+		s.cache[k] = e
+	}
 }
 
 // lookup returns a cached value younger than both the TTL and maxAge.
@@ -166,7 +251,7 @@ func (s *shared[K, V]) store(k K, v V) {
 	// ScaledObject) do not stay in memory; the map is as small as the
 	// number of watched queues, so a full pass is cheap.
 	for key, e := range s.cache {
-		if now.Sub(e.at) >= s.ttl {
+		if now.Sub(e.at) >= s.ttl+s.grace {
 			delete(s.cache, key)
 		}
 	}

@@ -77,7 +77,7 @@ func TestCoalesceConcurrentReadsShareOne(t *testing.T) {
 	counter, qa, _ := coalesceFixture(t)
 	gate := newGatedReader(counter)
 	clock := &fakeClock{now: time.Unix(1000, 0)}
-	r := Coalesce(gate, time.Minute, clock.Now)
+	r := Coalesce(gate, Cache{TTL: time.Minute}, clock.Now)
 	ctx := testCtx(t)
 
 	const callers = 32
@@ -113,7 +113,7 @@ func TestCoalesceConcurrentReadsShareOne(t *testing.T) {
 
 func TestCoalesceDistinctQueriesNotMerged(t *testing.T) {
 	counter, qa, qb := coalesceFixture(t)
-	r := Coalesce(counter, time.Minute, (&fakeClock{}).Now)
+	r := Coalesce(counter, Cache{TTL: time.Minute}, (&fakeClock{}).Now)
 	ctx := testCtx(t)
 
 	var wg sync.WaitGroup
@@ -143,7 +143,7 @@ func TestCoalesceCacheExpiry(t *testing.T) {
 	counter, qa, _ := coalesceFixture(t)
 	clock := &fakeClock{now: time.Unix(1000, 0)}
 	const ttl = 5 * time.Second
-	r := Coalesce(counter, ttl, clock.Now)
+	r := Coalesce(counter, Cache{TTL: ttl}, clock.Now)
 	ctx := testCtx(t)
 
 	read := func(wantReads int64) Reading {
@@ -172,7 +172,7 @@ func TestCoalesceCacheExpiry(t *testing.T) {
 func TestCoalesceMaxAge(t *testing.T) {
 	counter, qa, _ := coalesceFixture(t)
 	clock := &fakeClock{now: time.Unix(1000, 0)}
-	r := Coalesce(counter, 5*time.Second, clock.Now)
+	r := Coalesce(counter, Cache{TTL: 5 * time.Second}, clock.Now)
 	ctx := testCtx(t)
 	fresh := WithMaxAge(ctx, 250*time.Millisecond)
 	reads := func(c context.Context, want int64) {
@@ -195,7 +195,7 @@ func TestCoalesceMaxAge(t *testing.T) {
 
 func TestCoalesceErrorsNotCached(t *testing.T) {
 	counter, _, _ := coalesceFixture(t)
-	r := Coalesce(counter, time.Minute, (&fakeClock{}).Now)
+	r := Coalesce(counter, Cache{TTL: time.Minute}, (&fakeClock{}).Now)
 	q := Query{Kind: RedisList, Connection: "nope", Name: "a"}
 	for i := range 3 {
 		if _, err := r.Read(testCtx(t), q); !errors.Is(err, ErrUnknownConnection) {
@@ -210,7 +210,7 @@ func TestCoalesceErrorsNotCached(t *testing.T) {
 func TestCoalesceCancelledCallerDoesNotBreakOthers(t *testing.T) {
 	counter, qa, _ := coalesceFixture(t)
 	gate := newGatedReader(counter)
-	r := Coalesce(gate, time.Minute, (&fakeClock{}).Now)
+	r := Coalesce(gate, Cache{TTL: time.Minute}, (&fakeClock{}).Now)
 
 	deadline := time.Now().Add(time.Minute)
 	ctxA, cancelA := context.WithDeadline(context.Background(), deadline)
@@ -272,7 +272,7 @@ func (s *stallFirstReader) Read(ctx context.Context, q Query) (Reading, error) {
 func TestCoalesceShortDeadlineDoesNotFailLaterCallers(t *testing.T) {
 	counter, qa, _ := coalesceFixture(t)
 	stall := &stallFirstReader{next: counter, entered: make(chan struct{})}
-	r := Coalesce(stall, time.Minute, (&fakeClock{}).Now)
+	r := Coalesce(stall, Cache{TTL: time.Minute}, (&fakeClock{}).Now)
 
 	ctxA, cancelA := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancelA()
@@ -322,7 +322,7 @@ func (f *failFirstReader) Read(ctx context.Context, q Query) (Reading, error) {
 func TestCoalesceJoinerDoesNotInheritAFailure(t *testing.T) {
 	counter, qa, _ := coalesceFixture(t)
 	ff := &failFirstReader{next: counter, entered: make(chan struct{}), release: make(chan struct{})}
-	r := Coalesce(ff, time.Minute, (&fakeClock{}).Now)
+	r := Coalesce(ff, Cache{TTL: time.Minute}, (&fakeClock{}).Now)
 
 	ctxA, cancelA := context.WithCancel(testCtx(t))
 	resA := make(chan error, 1)
@@ -364,7 +364,7 @@ func TestCoalesceJoinerDoesNotInheritAFailure(t *testing.T) {
 
 func TestCoalesceDoneContext(t *testing.T) {
 	counter, qa, _ := coalesceFixture(t)
-	r := Coalesce(counter, time.Minute, nil)
+	r := Coalesce(counter, Cache{TTL: time.Minute}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := r.Read(ctx, qa); !errors.Is(err, context.Canceled) {
@@ -422,8 +422,8 @@ func BenchmarkCoalescedRead(b *testing.B) {
 	}{
 		{name: "direct", r: direct},
 		// ttl 0: only concurrent reads merge, every poll reaches Redis.
-		{name: "singleflight", r: Coalesce(direct, 0, nil)},
-		{name: "cached", r: Coalesce(direct, time.Hour, nil)},
+		{name: "singleflight", r: Coalesce(direct, Cache{}, nil)},
+		{name: "cached", r: Coalesce(direct, Cache{TTL: time.Hour}, nil)},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			ctx := context.Background()
@@ -437,4 +437,109 @@ func BenchmarkCoalescedRead(b *testing.B) {
 			})
 		})
 	}
+}
+
+// holdReader holds each read, while hold is set, until a token arrives on
+// pass; it fails every read while fail is set.
+type holdReader struct {
+	next       Reader
+	hold, fail atomic.Bool
+	pass       chan struct{}
+	reads      atomic.Int64
+}
+
+var errInjected = errors.New("injected failure")
+
+func (h *holdReader) Read(ctx context.Context, q Query) (Reading, error) {
+	h.reads.Add(1)
+	if h.hold.Load() {
+		select {
+		case <-h.pass:
+		case <-ctx.Done():
+			return Reading{}, ctx.Err()
+		}
+	}
+	if h.fail.Load() {
+		return Reading{}, errInjected
+	}
+	return h.next.Read(ctx, q)
+}
+
+// Past its TTL, a reading answers at once while one read in the background
+// replaces it; a failed read ends the grace until a read succeeds, and a
+// reading past TTL + grace, or older than a caller's maxAge, is read again
+// while the caller waits. Depths tell which reading answered: the list
+// grows between steps.
+func TestCoalesceGrace(t *testing.T) {
+	srv := redistest.Start(t)
+	rc := srv.Client(t)
+	h := &holdReader{next: newTestRedis(t, srv.URL(), RedisOptions{}), pass: make(chan struct{})}
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	const ttl, grace = 5 * time.Second, 2 * time.Second
+	r := Coalesce(h, Cache{TTL: ttl, Grace: grace}, clock.Now)
+	q := Query{Kind: RedisList, Connection: testConn, Name: "l"}
+	ctx := testCtx(t)
+	push := func() { check(t, rc.RPush(ctx, "l", "x").Err()) }
+	depth := func(c context.Context) (float64, error) {
+		rd, err := r.Read(c, q)
+		return rd.Depth, err
+	}
+	wantDepth := func(step string, c context.Context, want float64) {
+		t.Helper()
+		got, err := depth(c)
+		if err != nil || got != want {
+			t.Fatalf("%s: depth %v, %v; want %v", step, got, err, want)
+		}
+	}
+	// until reads until the answer is want: a background read is done.
+	until := func(step string, want func(float64, error) bool) {
+		t.Helper()
+		for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(time.Millisecond) {
+			if want(depth(ctx)) {
+				return
+			}
+		}
+		t.Fatalf("%s: the background read never landed", step)
+	}
+
+	push()
+	wantDepth("first read", ctx, 1)
+	push()
+	clock.Advance(ttl)
+	h.hold.Store(true)
+	wantDepth("in the grace, the background read held", ctx, 1)
+	wantDepth("again in the grace", ctx, 1)
+	// A push stream asks for 250ms: no grace, so it waits, and it joins
+	// the read already running rather than start another.
+	got := make(chan float64, 1)
+	go func() {
+		d, _ := depth(WithMaxAge(ctx, 250*time.Millisecond))
+		got <- d
+	}()
+	h.pass <- struct{}{}
+	if d := <-got; d != 2 {
+		t.Fatalf("push stream: depth %v, want 2 (the read it waited for)", d)
+	}
+	h.hold.Store(false)
+	wantDepth("the refreshed reading", ctx, 2)
+	if n := h.reads.Load(); n != 2 {
+		t.Errorf("%d reads, want 2: the first and the one in the background", n)
+	}
+
+	// A failed background read ends the grace: callers see the failure.
+	push()
+	clock.Advance(ttl)
+	h.fail.Store(true)
+	wantDepth("in the grace of a failing source", ctx, 2)
+	until("failure", func(_ float64, err error) bool { return errors.Is(err, errInjected) })
+	if _, err := depth(ctx); !errors.Is(err, errInjected) {
+		t.Fatalf("after a failed read, still in the grace: %v, want the failure", err)
+	}
+	h.fail.Store(false)
+	wantDepth("recovered: read at once", ctx, 3)
+
+	// Past TTL + grace the caller waits for a read.
+	push()
+	clock.Advance(ttl + grace)
+	wantDepth("past the grace", ctx, 4)
 }

@@ -14,15 +14,15 @@ var (
 )
 
 // CoalesceInstant wraps q so that each distinct PromQL (connection and
-// expression) is evaluated at most once per ttl however many ScaledObjects
-// ask, with the concurrency and deadline rules of Coalesce. Every answer
+// expression) is evaluated at most once per c.TTL however many ScaledObjects
+// ask, with the concurrency, deadline and grace rules of Coalesce. Every answer
 // Prometheus gives is cached, empty or NaN ones included: those are
 // answers, and asking again within ttl would get the same. Failures are
 // not cached.
-func CoalesceInstant(q InstantQuerier, ttl time.Duration, now func() time.Time) InstantQuerier {
+func CoalesceInstant(q InstantQuerier, c Cache, now func() time.Time) InstantQuerier {
 	return &coalescedInstant{shared: newShared(q.Instant, func(p PromQL) string {
 		return lengthPrefixed(p.Connection, p.Expr)
-	}, ttl, now)}
+	}, c, now)}
 }
 
 type coalescedInstant struct {

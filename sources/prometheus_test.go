@@ -493,7 +493,7 @@ func TestCoalesceInstantOneQueryPerExpression(t *testing.T) {
 	w.waitMean(t, 200*time.Millisecond)
 	counter := &countingQuerier{next: w.querier, n: map[string]int{}}
 	clk := &fakeClock{now: time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)}
-	r := NewPrometheusReader(CoalesceInstant(counter, 5*time.Second, clk.Now), clk.Now)
+	r := NewPrometheusReader(CoalesceInstant(counter, Cache{TTL: 5 * time.Second}, clk.Now), clk.Now)
 
 	q := seedQuery()
 	q.ReadyPods = `sum(up{service="nobody"})` // an empty answer

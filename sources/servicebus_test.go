@@ -266,7 +266,7 @@ func TestServiceBusPattern(t *testing.T) {
 func TestServiceBusCoalesced(t *testing.T) {
 	e := startSB(t, ServiceBusOptions{})
 	e.setEntity(t, "orders", sbtest.Counts{Active: 2}, sbtest.Entity{Messages: []sbtest.Message{{SequenceNumber: 1, EnqueuedTime: e.ago(time.Minute)}}})
-	r := Coalesce(e.r, time.Minute, e.clock.Now)
+	r := Coalesce(e.r, Cache{TTL: time.Minute}, e.clock.Now)
 	var wg sync.WaitGroup
 	for range 20 {
 		wg.Go(func() {

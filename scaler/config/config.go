@@ -53,6 +53,11 @@ type Server struct {
 	// ReadCacheTTL is how long one read of a queue is shared by every caller
 	// watching it: N ScaledObjects on one stream cost one read per TTL. >= 0.
 	ReadCacheTTL Duration `yaml:"readCacheTTL"`
+	// ReadCacheGrace is how long past its TTL (readCacheTTL, or
+	// queries.cacheTTL) a shared reading still answers calls while one read
+	// in the background replaces it, so that calls do not wait on a healthy
+	// source. A failed read ends it: the next call reads. 0 turns it off. >= 0.
+	ReadCacheGrace Duration `yaml:"readCacheGrace"`
 	// StreamCheckInterval is how often StreamIsActive re-evaluates activity. > 0.
 	StreamCheckInterval Duration `yaml:"streamCheckInterval"`
 	// ShutdownTimeout is the hard deadline of a graceful stop. > 0.
@@ -347,6 +352,7 @@ func defaultServer() Server {
 		ReadTimeout:         Duration(2 * time.Second),
 		StaleAfter:          Duration(time.Minute),
 		ReadCacheTTL:        Duration(time.Second),
+		ReadCacheGrace:      Duration(time.Second),
 		StreamCheckInterval: Duration(500 * time.Millisecond),
 		ShutdownTimeout:     Duration(10 * time.Second),
 	}
@@ -362,6 +368,9 @@ func (s *Server) validate() []error {
 	positive("readTimeout", s.ReadTimeout)
 	positive("staleAfter", s.StaleAfter)
 	positive("readCacheTTL", s.ReadCacheTTL)
+	if s.ReadCacheGrace < 0 {
+		errs = append(errs, fmt.Errorf("server.readCacheGrace = %q: must be >= 0", s.ReadCacheGrace))
+	}
 	positive("streamCheckInterval", s.StreamCheckInterval)
 	positive("shutdownTimeout", s.ShutdownTimeout)
 	errs = append(errs, s.TLS.validate("server.tls.")...)

@@ -10,10 +10,11 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// readCacheTTL is flowscaler's default server.readCacheTTL: a good reading
-// of a queue is reused this long, so only calls that start later than this
-// after the last good reading actually read the (stopped) source.
-const readCacheTTL = time.Second
+// readCacheTTL and readCacheGrace are flowscaler's defaults: a good reading
+// of a queue answers calls for readCacheTTL, then for up to readCacheGrace
+// more while a read in the background replaces it, so only calls that start
+// later than both after the last good reading surely read the source.
+const readCacheTTL, readCacheGrace = time.Second, time.Second
 
 // TestSourceOutage: with redis-server stopped, KEDA keeps getting the last
 // good answer (same value, same activity; never 0 or inactive because of the
@@ -48,10 +49,11 @@ func TestSourceOutage(t *testing.T) {
 
 	// A call that returned before goodStart+staleAfter was answered within
 	// staleAfter of the last good reading: it must be that reading. One that
-	// also started after goodEnd+readCacheTTL read the stopped Redis, so its
-	// answer came from flowscaler's stale path rather than the read cache.
+	// also started after goodEnd+readCacheTTL+readCacheGrace read the stopped
+	// Redis, so its answer came from flowscaler's stale path rather than the
+	// read cache.
 	windowEnd := goodStart.Add(staleAfter)
-	cacheExpiry := goodEnd.Add(readCacheTTL)
+	cacheExpiry := goodEnd.Add(readCacheTTL + readCacheGrace)
 	var calls []string
 	var fromStalePath int
 	var unavailable error
@@ -81,8 +83,8 @@ func TestSourceOutage(t *testing.T) {
 	}
 	t.Logf("during the outage:\n%s", strings.Join(calls, "\n"))
 	if fromStalePath == 0 {
-		t.Errorf("no call that read the stopped Redis (started > readCacheTTL %s after the good reading) was answered within staleAfter %s: the last good answer was never served from the stale path (see the calls above)",
-			readCacheTTL, staleAfter)
+		t.Errorf("no call that read the stopped Redis (started > readCacheTTL + readCacheGrace %s after the good reading) was answered within staleAfter %s: the last good answer was never served from the stale path (see the calls above)",
+			readCacheTTL+readCacheGrace, staleAfter)
 	}
 	if unavailable == nil {
 		t.Fatalf("still no error %s after redis-server stopped (staleAfter %s)", time.Since(stoppedAt).Round(time.Millisecond), staleAfter)

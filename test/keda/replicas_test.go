@@ -128,9 +128,9 @@ func TestTwoReplicasBehindOneAddress(t *testing.T) {
 			// 100 undelivered ÷ 10s × 2s × urgency 4 ÷ 2 per pod = 40
 			// without a limit.
 			addOldEntries(t, rdb, "orders", 99, 2*time.Hour)
-			// Readings taken before the jump are shared for readCacheTTL
-			// (1s); past it, every replica reads the 100 entries.
-			time.Sleep(1500 * time.Millisecond)
+			// Readings taken before the jump answer for readCacheTTL and
+			// readCacheGrace; past both, every replica reads the 100 entries.
+			time.Sleep(readCacheTTL + readCacheGrace + 500*time.Millisecond)
 			var values []float64
 			for range 4 { // 8 calls, round-robin: 4 on each replica
 				values = append(values, mustEvaluate(t, s, metric).Value)

@@ -232,7 +232,8 @@ func TestServiceBusDeadLetterSpike(t *testing.T) {
 		if i > 20 {
 			t.Fatalf("no reason mentioned the dead letters after %d polls; last %q", i, reason)
 		}
-		time.Sleep(1100 * time.Millisecond) // past readCacheTTL (1s): a fresh reading
+		// Past readCacheTTL: this poll starts a new reading, the next sees it.
+		time.Sleep(readCacheTTL + 100*time.Millisecond)
 	}
 	for _, want := range []string{"while the active count is flat: messages are failing", "stalled: oldest message delivered 8 times"} {
 		if !strings.Contains(reason, want) {
@@ -276,7 +277,7 @@ func TestServiceBusThrottledServesLastGood(t *testing.T) {
 	}
 	before := e.mgmt.Requests("/orders")
 	e.mgmt.Throttle(1, 30*time.Second)
-	time.Sleep(1100 * time.Millisecond) // past readCacheTTL: the next poll reads
+	time.Sleep(readCacheTTL + readCacheGrace + 100*time.Millisecond) // the next poll reads
 	for i := range 3 {
 		ev := mustEvaluate(t, s, metric)
 		if ev.Value != 40 || !ev.Active {

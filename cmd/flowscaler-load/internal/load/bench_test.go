@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowscaler/flowscaler/sources"
 	"github.com/flowscaler/flowscaler/sources/redistest"
 )
 
@@ -14,6 +15,7 @@ var (
 	benchStreams     = flag.Int("load.streams", 500, "BenchmarkScale: distinct streams")
 	benchCompression = flag.Float64("load.compression", 1, "BenchmarkScale: time compression of the 15s polling interval")
 	benchReadTTL     = flag.Duration("load.read-cache-ttl", time.Second, "BenchmarkScale: server.readCacheTTL")
+	benchReadGrace   = flag.Duration("load.read-cache-grace", time.Second, "BenchmarkScale: server.readCacheGrace")
 )
 
 // BenchmarkScale polls 10,000 ScaledObjects over 500 streams of a real
@@ -29,7 +31,7 @@ func BenchmarkScale(b *testing.B) {
 	if err := Prepare(context.Background(), rs.Client(b), *benchStreams, 100); err != nil {
 		b.Fatal(err)
 	}
-	grpcAddr, httpAddr := daemon(b, rs, *benchReadTTL)
+	grpcAddr, httpAddr := daemon(b, rs, sources.Cache{TTL: *benchReadTTL, Grace: *benchReadGrace})
 	o := Options{
 		GRPCAddr: grpcAddr, Probe: Probe{MetricsURL: "http://" + httpAddr + "/metrics", Redis: rs.Client(b)},
 		Objects: *benchObjects, Streams: *benchStreams, Interval: 15 * time.Second, Compression: *benchCompression,

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/flowscaler/flowscaler/sources"
 )
 
 // Usage is the command's help.
@@ -42,7 +44,9 @@ func RunCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	addr := fs.String("addr", "", "gRPC address of a running daemon (default: start one)")
 	httpAddr := fs.String("http-addr", "", "HTTP address of the running daemon given by --addr")
 	pid := fs.Int("pid", 0, "PID of the running daemon given by --addr, for CPU and RSS from /proc (default: its process_* metrics)")
-	readTTL := fs.Duration("read-cache-ttl", time.Second, "server.readCacheTTL of the daemon started")
+	var cache sources.Cache
+	fs.DurationVar(&cache.TTL, "read-cache-ttl", time.Second, "server.readCacheTTL of the daemon started")
+	fs.DurationVar(&cache.Grace, "read-cache-grace", time.Second, "server.readCacheGrace of the daemon started (0s: calls wait for every read)")
 	o := Options{}
 	fs.IntVar(&o.Objects, "objects", 10000, "ScaledObjects")
 	fs.IntVar(&o.Streams, "streams", 500, "distinct streams; objects are spread evenly over them")
@@ -106,7 +110,7 @@ func RunCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	o.GRPCAddr = *addr
 	o.Probe = Probe{PID: *pid, MetricsURL: "http://" + *httpAddr + "/metrics", Redis: rdb}
 	if *addr == "" {
-		d, err := StartDaemon(DaemonOptions{Bin: *bin, CPUs: *cpus, Config: ConfigYAML("redis://"+*redisAddr, *readTTL), Dir: dir, Env: daemonEnv})
+		d, err := StartDaemon(DaemonOptions{Bin: *bin, CPUs: *cpus, Config: ConfigYAML("redis://"+*redisAddr, cache), Dir: dir, Env: daemonEnv})
 		if err != nil {
 			return err
 		}

@@ -12,14 +12,15 @@ import (
 
 	"github.com/flowscaler/flowscaler/scaler"
 	"github.com/flowscaler/flowscaler/scaler/config"
+	"github.com/flowscaler/flowscaler/sources"
 	"github.com/flowscaler/flowscaler/sources/redistest"
 )
 
 // daemon runs flowscaler in this process against rs with the given read
 // cache TTL and returns its gRPC and HTTP addresses.
-func daemon(t testing.TB, rs *redistest.Server, readTTL time.Duration) (grpcAddr, httpAddr string) {
+func daemon(t testing.TB, rs *redistest.Server, cache sources.Cache) (grpcAddr, httpAddr string) {
 	t.Helper()
-	cfg, err := config.Parse([]byte(ConfigYAML(rs.URL(), readTTL)), func(string) (string, bool) { return "", false }, nil)
+	cfg, err := config.Parse([]byte(ConfigYAML(rs.URL(), cache)), func(string) (string, bool) { return "", false }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func TestRun(t *testing.T) {
 			if err := Prepare(context.Background(), rs.Client(t), streams, 8); err != nil {
 				t.Fatal(err)
 			}
-			grpcAddr, httpAddr := daemon(t, rs, time.Hour)
+			grpcAddr, httpAddr := daemon(t, rs, sources.Cache{TTL: time.Hour})
 			o := Options{
 				GRPCAddr: grpcAddr, Probe: Probe{MetricsURL: "http://" + httpAddr + "/metrics", Redis: rs.Client(t)},
 				Objects: objects, Streams: streams, Interval: 15 * time.Second, Compression: 50,
@@ -141,7 +142,7 @@ func TestRunReadsEveryStreamOncePerInterval(t *testing.T) {
 		Objects: objects, Streams: streams, Interval: 15 * time.Second, Compression: 30,
 		Intervals: intervals, Warmup: 1, SampleEvery: 1, CallTimeout: 30 * time.Second, Seed: 1,
 	}
-	grpcAddr, httpAddr := daemon(t, rs, o.RealInterval())
+	grpcAddr, httpAddr := daemon(t, rs, sources.Cache{TTL: o.RealInterval(), Grace: o.RealInterval()})
 	o.GRPCAddr, o.Probe = grpcAddr, Probe{MetricsURL: "http://" + httpAddr + "/metrics", Redis: rs.Client(t)}
 	rep, err := Run(context.Background(), o)
 	if err != nil {
@@ -174,7 +175,7 @@ func TestObjects(t *testing.T) {
 	if diff := cmp.Diff(want, perStream); diff != "" {
 		t.Errorf("objects per stream (-want +got):\n%s", diff)
 	}
-	cfg, err := config.Parse([]byte(ConfigYAML("redis://127.0.0.1:6379", time.Second)), func(string) (string, bool) { return "", false }, nil)
+	cfg, err := config.Parse([]byte(ConfigYAML("redis://127.0.0.1:6379", sources.Cache{TTL: time.Second, Grace: time.Second})), func(string) (string, bool) { return "", false }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

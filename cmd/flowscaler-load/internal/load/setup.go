@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"time"
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/flowscaler/flowscaler/sources"
 )
 
 // Connection is the name of the Redis connection in the generated config.
@@ -73,13 +74,14 @@ func Objects(objects, streams int) []*pb.ScaledObjectRef {
 }
 
 // ConfigYAML is a daemon configuration with one Redis connection and the
-// given read cache TTL; the addresses are given on the command line or as
-// listeners.
-func ConfigYAML(redisURL string, readCacheTTL time.Duration) string {
+// given read cache (server.readCacheTTL and readCacheGrace); the addresses
+// are given on the command line or as listeners.
+func ConfigYAML(redisURL string, cache sources.Cache) string {
 	return fmt.Sprintf(`server:
   readTimeout: 2s
   staleAfter: 60s
   readCacheTTL: %s
+  readCacheGrace: %s
 connections:
   %s:
     type: redis
@@ -89,5 +91,5 @@ policy:
     io-bound:
       concurrency: 32
       prefetch: 64
-`, readCacheTTL, Connection, redisURL)
+`, cache.TTL, cache.Grace, Connection, redisURL)
 }
