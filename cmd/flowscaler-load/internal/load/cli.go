@@ -23,8 +23,9 @@ const Usage = `flowscaler-load: drives a flowscaler daemon with ScaledObjects po
 Usage:
   flowscaler-load [--flowscaler bin/flowscaler] [--cpus 0] [--redis-addr HOST:PORT]
                   [--objects 10000] [--streams 500] [--interval 15s] [--compression 5]
-                  [--intervals 20 | --duration 24h] [--read-cache-ttl 1s] [--hpa]
-                  [--check-growth] [--gogc 400] [--daemon-env KEY=VALUE] [--json OUT]
+                  [--intervals 20 | --duration 24h] [--read-cache-ttl 1s] [--read-cache-grace 1s]
+                  [--hpa] [--check-growth] [--gogc -1] [--memory-limit-mib 4096]
+                  [--daemon-env KEY=VALUE] [--json OUT]
   flowscaler-load --addr HOST:PORT --http-addr HOST:PORT [--pid PID] --redis-addr HOST:PORT ...
 
 By default it starts redis-server (from PATH) and the daemon (` + "`flowscaler serve`" + `, pinned
@@ -65,7 +66,8 @@ func RunCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	progress := fs.Bool("progress", true, "print a line per sample to stderr")
 	var daemonEnv envList
 	fs.Var(&daemonEnv, "daemon-env", "KEY=VALUE added to the started daemon's environment (repeatable), e.g. GOGC=200")
-	gogc := fs.Int("gogc", 400, "the tool's own GOGC (the daemon keeps its environment's): a lazier collector keeps the tool's pauses out of the latencies it measures")
+	gogc := fs.Int("gogc", -1, "the tool's own GOGC, -1 for off (the daemon keeps its environment's): the tool's collector pauses its pollers, and the latencies it measures with them")
+	memLimit := fs.Int("memory-limit-mib", 4096, "the tool's own soft memory limit in MiB: with --gogc -1 its collector runs only there")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -73,7 +75,11 @@ func RunCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	o.Seed = *seed
+	if *memLimit <= 0 {
+		return fmt.Errorf("memory-limit-mib = %d: must be > 0", *memLimit)
+	}
 	debug.SetGCPercent(*gogc)
+	debug.SetMemoryLimit(int64(*memLimit) << 20)
 	if *duration > 0 {
 		if o.Interval <= 0 {
 			return fmt.Errorf("interval = %q: must be positive", o.Interval)
