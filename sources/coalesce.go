@@ -87,10 +87,10 @@ type cached[V any] struct {
 type verdict int
 
 const (
-	miss         verdict = iota // read and wait
-	fresh                       // answer from the cache
-	graceRefresh                // answer from the cache and start the read that replaces it
-	grace                       // answer from the cache; the read that replaces it runs
+	cacheMiss         verdict = iota // read and wait
+	cacheFresh                       // answer from the cache
+	cacheGraceRefresh                // answer from the cache and start the read that replaces it
+	cacheGrace                       // answer from the cache; the read that replaces it runs
 )
 
 // flightResult is what a shared read returns to every waiter.
@@ -119,9 +119,9 @@ func (s *shared[K, V]) do(ctx context.Context, k K) (V, error) {
 		return zero, err
 	}
 	switch v, vd := s.serve(k, maxAgeOf(ctx)); vd {
-	case fresh, grace:
+	case cacheFresh, cacheGrace:
 		return v, nil
-	case graceRefresh:
+	case cacheGraceRefresh:
 		// The result is not waited for: flight stores it or ends the grace.
 		s.group.DoChan(s.key(k), func() (any, error) {
 			return s.flight(ctx, k, nil)
@@ -191,26 +191,26 @@ func (s *shared[K, V]) serve(k K, maxAge time.Duration) (V, verdict) {
 	var zero V
 	ttl := min(s.ttl, maxAge)
 	if ttl <= 0 {
-		return zero, miss
+		return zero, cacheMiss
 	}
 	graceEnd := min(s.ttl+s.grace, maxAge)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.cache[k]
 	if !ok {
-		return zero, miss
+		return zero, cacheMiss
 	}
 	switch age := s.now().Sub(e.at); {
 	case age < ttl:
-		return e.value, fresh
+		return e.value, cacheFresh
 	case age >= graceEnd || e.failed:
-		return zero, miss
+		return zero, cacheMiss
 	case e.refreshing:
-		return e.value, grace
+		return e.value, cacheGrace
 	}
 	e.refreshing = true
 	s.cache[k] = e
-	return e.value, graceRefresh
+	return e.value, cacheGraceRefresh
 }
 
 // fail ends the grace of k's cached value, if any: the next caller reads

@@ -52,6 +52,7 @@ func BenchmarkScale(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(float64(rep.P50)/1e6, "p50-ms")
 	b.ReportMetric(float64(rep.P99)/1e6, "p99-ms")
+	b.ReportMetric(float64(rep.QuietP99)/1e6, "p99-no-scrape-ms")
 	b.ReportMetric(float64(rep.CPUPer1000Calls)/1e6, "cpu-ms/1000calls")
 	b.ReportMetric(float64(last.RSS)/(1<<20), "RSS-MB")
 	b.ReportMetric(float64(last.Goroutines), "goroutines")
