@@ -86,9 +86,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 	// Every PromQL query, depth or consumer metric, is shared by all the
 	// objects that ask it for queries.cacheTTL.
-	grace := time.Duration(cfg.Server.ReadCacheGrace)
-	promReader := sources.NewPrometheusReader(sources.CoalesceInstant(promInstrumented,
-		sources.Cache{TTL: time.Duration(cfg.Queries.CacheTTL), Grace: grace}, time.Now), time.Now)
+	promCache := ReadCache(cfg)
+	promCache.TTL = time.Duration(cfg.Queries.CacheTTL)
+	promReader := sources.NewPrometheusReader(sources.CoalesceInstant(promInstrumented, promCache, time.Now), time.Now)
 	instrumented, err := sources.Instrument(Route(map[sources.Kind]Reader{
 		sources.RedisList:   redis,
 		sources.RedisStream: redis,
@@ -100,7 +100,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	if err != nil {
 		return err
 	}
-	reader := sources.Coalesce(instrumented, sources.Cache{TTL: time.Duration(cfg.Server.ReadCacheTTL), Grace: grace}, time.Now)
+	reader := sources.Coalesce(instrumented, ReadCache(cfg), time.Now)
 	// A nil *RedisStateStore must not become a non-nil StateStore.
 	var store StateStore
 	if rs, err := newStateStore(cfg); err != nil {
@@ -241,6 +241,12 @@ func listen(o DaemonOptions, cfg *config.Config) (grpcLis, httpLis net.Listener,
 		}
 	}
 	return grpcLis, httpLis, nil
+}
+
+// ReadCache is how queue readings are shared: server.readCacheTTL and
+// readCacheGrace.
+func ReadCache(c *config.Config) sources.Cache {
+	return sources.Cache{TTL: time.Duration(c.Server.ReadCacheTTL), Grace: time.Duration(c.Server.ReadCacheGrace)}
 }
 
 func redisConnections(c *config.Config) map[string]sources.RedisConnection {

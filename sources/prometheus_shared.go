@@ -17,7 +17,7 @@ var (
 // expression) is evaluated at most once per c.TTL however many ScaledObjects
 // ask, with the concurrency, deadline and grace rules of Coalesce. Every answer
 // Prometheus gives is cached, empty or NaN ones included: those are
-// answers, and asking again within ttl would get the same. Failures are
+// answers, and asking again within c.TTL would get the same. Failures are
 // not cached.
 func CoalesceInstant(q InstantQuerier, c Cache, now func() time.Time) InstantQuerier {
 	return &coalescedInstant{shared: newShared(q.Instant, func(p PromQL) string {

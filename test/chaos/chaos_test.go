@@ -320,7 +320,7 @@ func startFlowscaler(t *testing.T, w *world) *flowscaler {
 	t.Helper()
 	clk := &clock{t: time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)}
 	cfg, faultCfg := w.config(t, readTimeout), w.config(t, faultReadTimeout)
-	reader := sources.Coalesce(w.reader(t, clk.Now), sources.Cache{TTL: time.Duration(cfg.Server.ReadCacheTTL), Grace: time.Duration(cfg.Server.ReadCacheGrace)}, clk.Now)
+	reader := sources.Coalesce(w.reader(t, clk.Now), scaler.ReadCache(cfg), clk.Now)
 	srv, err := scaler.New(scaler.Options{Reader: reader, Config: cfg, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

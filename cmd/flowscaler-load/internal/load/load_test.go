@@ -17,7 +17,7 @@ import (
 )
 
 // daemon runs flowscaler in this process against rs with the given read
-// cache TTL and returns its gRPC and HTTP addresses.
+// cache and returns its gRPC and HTTP addresses.
 func daemon(t testing.TB, rs *redistest.Server, cache sources.Cache) (grpcAddr, httpAddr string) {
 	t.Helper()
 	cfg, err := config.Parse([]byte(ConfigYAML(rs.URL(), cache)), func(string) (string, bool) { return "", false }, nil)
